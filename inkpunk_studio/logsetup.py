@@ -234,7 +234,7 @@ def _dialog_bridge(app: Any) -> Any:
                 _state.dialog_open = False
 
     bridge = ErrorDialogBridge()
-    if bridge.thread() is not app.thread():
+    if bridge.thread() != app.thread():
         bridge.moveToThread(app.thread())
     _state.dialog_bridge = bridge
     return bridge
