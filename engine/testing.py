@@ -1,0 +1,107 @@
+"""Random-weight SD1.x checkpoints in the real LDM file layout, for tests, `--self-test` and the benchmark.
+
+The weights are seeded noise of sensible scale (norm gains near 1, weights ~ N(0, 1/fan_in)) so every
+activation is non-degenerate; the images they make are noise, but the code paths are the real ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.clip import TextEncoder
+from engine.config import TextEncoderConfig, UNetConfig, VAEConfig
+from engine.unet import UNet
+from engine.vae import VAE
+
+_SIZES = {"tiny": "tiny", "sd15": "sd15"}
+
+
+def random_state_dict(
+    module: nn.Module, generator: torch.Generator, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """Seeded random values for every parameter of `module` (which may live on the meta device)."""
+    out: dict[str, torch.Tensor] = {}
+    for mod_name, mod in module.named_modules():
+        for p_name, p in mod.named_parameters(recurse=False):
+            key = f"{mod_name}.{p_name}" if mod_name else p_name
+            shape = tuple(p.shape)
+            noise = torch.randn(shape, generator=generator)
+            if isinstance(mod, (nn.GroupNorm, nn.LayerNorm)):
+                t = (1.0 if p_name == "weight" else 0.0) + 0.1 * noise
+            elif isinstance(mod, nn.Embedding):
+                t = 0.5 * noise
+            elif p_name == "bias":
+                t = 0.05 * noise
+            else:  # Linear / Conv weights: fan_in = every dim but the first
+                fan_in = max(1, p[0].numel())
+                t = noise / fan_in**0.5
+            out[key] = t.to(dtype)
+    return out
+
+
+def ldm_state_dict(
+    size: str = "tiny", *, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """The LDM-layout state dict (weights only, no extra keys) of a random model of `size` "tiny"/"sd15"."""
+    if size not in _SIZES:
+        raise ValueError(f"size must be 'tiny' or 'sd15', got {size!r}")
+    g = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        models = [
+            ("cond_stage_model.transformer.", TextEncoder(getattr(TextEncoderConfig, size)())),
+            ("model.diffusion_model.", UNet(getattr(UNetConfig, size)())),
+            ("first_stage_model.", VAE(getattr(VAEConfig, size)())),
+        ]
+    state: dict[str, torch.Tensor] = {}
+    for prefix, model in models:
+        for k, v in random_state_dict(model, g, dtype).items():
+            state[prefix + k] = v
+    return state
+
+
+def write_random_checkpoint(
+    path: str | Path,
+    *,
+    size: str = "tiny",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    wrapped: bool = True,
+    extra_keys: bool = True,
+) -> Path:
+    """Write a random SD1.x checkpoint: `.safetensors` or a `.ckpt` zip pickle (by suffix).
+
+    wrapped: `.ckpt` content is {"state_dict": ..., "global_step": ...} as Lightning saves it.
+    extra_keys: add what real files carry and the loader must ignore: the noise schedule, EMA keys and a
+    corrupted float `position_ids`.
+    """
+    path = Path(path)
+    state = ldm_state_dict(size, dtype=dtype, seed=seed)
+    if extra_keys:
+        betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+        alphas_cumprod = torch.cumprod(1 - betas, 0)
+        state["betas"] = betas.float()
+        state["alphas_cumprod"] = alphas_cumprod.float()
+        state["alphas_cumprod_prev"] = torch.cat([torch.ones(1), alphas_cumprod[:-1].float()])
+        state["sqrt_alphas_cumprod"] = alphas_cumprod.sqrt().float()
+        state["model_ema.decay"] = torch.tensor(0.9999)
+        state["model_ema.num_updates"] = torch.tensor(0, dtype=torch.int32)
+        state["model_ema.diffusion_modelout2bias"] = torch.zeros(4, dtype=dtype)
+        n = getattr(TextEncoderConfig, size)().max_positions
+        # Corrupted as in some merged checkpoints: floats that no longer round to 0..76.
+        state["cond_stage_model.transformer.text_model.embeddings.position_ids"] = (
+            torch.arange(n, dtype=torch.float32)[None] * 0.98 + 0.3
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    elif suffix in {".ckpt", ".pt", ".pth"}:
+        obj = {"state_dict": state, "global_step": 0, "epoch": 0} if wrapped else state
+        torch.save(obj, path)
+    else:
+        raise ValueError(f"unsupported checkpoint suffix {path.suffix!r} (use .safetensors or .ckpt)")
+    return path

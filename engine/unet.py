@@ -1,0 +1,255 @@
+"""The SD1.x denoising UNet (Rombach et al. 2022), named after LDM's `openaimodel.UNetModel` keys.
+
+Because module names are the checkpoint's own (`input_blocks.1.1.transformer_blocks.0.attn2.to_k`, ...), a
+state dict under `model.diffusion_model.` loads with a plain prefix strip. Output: predicted noise epsilon,
+the same as diffusers' `UNet2DConditionModel(x, t, encoder_hidden_states=context).sample`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.attention import attention
+from engine.config import GROUPS, UNetConfig
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding [cos | sin] (LDM `timestep_embedding`, diffusers with flip_sin_to_cos=True)."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    )
+    args = timesteps[:, None].float() * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, with the time embedding added in between (Ho et al. 2020's block)."""
+
+    def __init__(self, channels: int, emb_dim: int, out_channels: int):
+        super().__init__()
+        self.in_layers = nn.Sequential(
+            nn.GroupNorm(GROUPS, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_channels))
+        self.out_layers = nn.Sequential(
+            nn.GroupNorm(GROUPS, out_channels),
+            nn.SiLU(),
+            nn.Dropout(0.0),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        self.skip_connection = (
+            nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+        )
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb)[:, :, None, None]
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class CrossAttention(nn.Module):
+    """Self-attention when `context` is None, else queries from x and keys/values from the text."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim, dim, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(0.0))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        ctx = x if context is None else context
+        return self.to_out(attention(self.to_q(x), self.to_k(ctx), self.to_v(ctx), self.heads))
+
+
+class GEGLU(nn.Module):
+    """Gated GELU (Shazeer 2020): proj to 2x width, one half gates the other through exact GELU."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, 4 * dim), nn.Dropout(0.0), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    def __init__(self, dim: int, context_dim: int, heads: int):
+        super().__init__()
+        self.attn1 = CrossAttention(dim, dim, heads)
+        self.ff = FeedForward(dim)
+        self.attn2 = CrossAttention(dim, context_dim, heads)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """GroupNorm, 1x1 conv in, transformer blocks over the H*W tokens, 1x1 conv out, residual."""
+
+    def __init__(self, channels: int, context_dim: int, heads: int, depth: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(GROUPS, channels, eps=1e-6)  # LDM's Normalize(): eps 1e-6, unlike ResBlock
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(channels, context_dim, heads) for _ in range(depth)
+        )
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        t = self.proj_in(self.norm(x))
+        t = t.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
+        for block in self.transformer_blocks:
+            t = block(t, context)
+        t = t.transpose(1, 2).reshape(b, c, h, w)  # (B, H*W, C) -> (B, C, H, W)
+        return x + self.proj_out(t)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        # `size`: the matching skip's size, so odd latent sizes (width % 64 != 0) come back to the right
+        # shape, as diffusers does with `upsample_size`.
+        if size is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        else:
+            x = F.interpolate(x, size=size, mode="nearest")
+        return self.conv(x)
+
+
+class TimestepEmbedSequential(nn.ModuleList):
+    """One UNet block: layers applied in turn, each given what it needs (time embedding, text, skip size)."""
+
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            elif isinstance(layer, Upsample):
+                x = layer(x, size)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNet(nn.Module):
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.config = cfg
+        mc, emb_dim = cfg.model_channels, cfg.time_embed_dim
+
+        def transformer(ch: int) -> SpatialTransformer:
+            return SpatialTransformer(ch, cfg.context_dim, cfg.num_heads, cfg.transformer_depth)
+
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+        self.input_blocks = nn.ModuleList(
+            [TimestepEmbedSequential([nn.Conv2d(cfg.in_channels, mc, 3, padding=1)])]
+        )
+        skip_channels = [mc]
+        ch = mc
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers: list[nn.Module] = [ResBlock(ch, emb_dim, mult * mc)]
+                ch = mult * mc
+                if cfg.attention_levels[level]:
+                    layers.append(transformer(ch))
+                self.input_blocks.append(TimestepEmbedSequential(layers))
+                skip_channels.append(ch)
+            if level != cfg.levels - 1:
+                self.input_blocks.append(TimestepEmbedSequential([Downsample(ch)]))
+                skip_channels.append(ch)
+
+        self.middle_block = TimestepEmbedSequential(
+            [ResBlock(ch, emb_dim, ch), transformer(ch), ResBlock(ch, emb_dim, ch)]
+        )
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mult * mc)]
+                ch = mult * mc
+                if cfg.attention_levels[level]:
+                    layers.append(transformer(ch))
+                if level and i == cfg.num_res_blocks:
+                    layers.append(Upsample(ch))
+                self.output_blocks.append(TimestepEmbedSequential(layers))
+
+        self.out = nn.Sequential(
+            nn.GroupNorm(GROUPS, ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1)
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor | float,
+        context: torch.Tensor,
+        interrupt: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """x (B, 4, h, w) latents, timesteps 0-d / number / (B,), context (B, 77*k, D) -> noise (B, 4, h, w).
+
+        `interrupt`, when given, is called between blocks; it raises to abandon the step (cancel).
+        """
+        b = x.shape[0]
+        t = torch.as_tensor(timesteps, device=x.device)
+        if t.ndim == 0 or t.shape == (1,):
+            t = t.reshape(1).expand(b)
+        elif t.shape != (b,):
+            raise ValueError(f"timesteps must be a scalar or have shape ({b},), got {tuple(t.shape)}")
+        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
+
+        def check() -> None:
+            if interrupt is not None:
+                interrupt()
+
+        skips = []
+        h = x
+        for block in self.input_blocks:
+            h = block(h, emb, context)
+            skips.append(h)
+            check()
+        h = self.middle_block(h, emb, context)
+        check()
+        for block in self.output_blocks:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = block(h, emb, context, size=tuple(skips[-1].shape[-2:]) if skips else None)
+            check()
+        return self.out(h)

@@ -1,0 +1,243 @@
+"""The KL-regularised autoencoder of SD1.x (LDM `AutoencoderKL`, `ldm/modules/diffusionmodules/model.py`).
+
+Module names are LDM's (`encoder.down.0.block.1.conv1`, `decoder.mid.attn_1.q`, ...), so the checkpoint's
+`first_stage_model.` tensors load with a prefix strip. `decode(z)` equals diffusers' `vae.decode(z).sample`
+and `encode(x)` its `latent_dist.mean` (or `.sample(generator)`); neither applies the 0.18215 scaling.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.attention import attention
+from engine.config import GROUPS, VAEConfig
+
+log = logging.getLogger(__name__)
+
+SCALING_FACTOR = 0.18215  # SD1.x's latent scale: latents = SCALING_FACTOR * z, giving roughly unit variance
+
+# Tiled decoding: latents above this many pixels (h*w) are decoded in overlapping tiles to bound memory.
+TILE = 64  # latent pixels per tile side (512 image pixels)
+TILE_OVERLAP = 16  # latent pixels shared by neighbouring tiles, blended linearly
+AUTO_TILE_ABOVE = 96 * 96
+
+
+def norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(GROUPS, channels, eps=1e-6)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, channels: int, out_channels: int):
+        super().__init__()
+        self.norm1 = norm(channels)
+        self.conv1 = nn.Conv2d(channels, out_channels, 3, padding=1)
+        self.norm2 = norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        if channels != out_channels:
+            self.nin_shortcut = nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        if hasattr(self, "nin_shortcut"):
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over pixels, with q/k/v/proj_out as 1x1 convs."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = norm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        n = self.norm(x)
+
+        def tokens(t: torch.Tensor) -> torch.Tensor:
+            return t.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
+
+        out = attention(tokens(self.q(n)), tokens(self.k(n)), tokens(self.v(n)), heads=1)
+        out = out.transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj_out(out)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # LDM pads right/bottom only
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Mid(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels)
+        self.attn_1 = AttnBlock(channels)
+        self.block_2 = ResnetBlock(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+class Level(nn.Module):
+    """One resolution: `block` res blocks then an optional `downsample`/`upsample`."""
+
+    def __init__(self, blocks: list[nn.Module], resample: nn.Module | None, name: str):
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+        if resample is not None:
+            self.add_module(name, resample)
+        self.resample_name = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.block:
+            x = block(x)
+        resample = getattr(self, self.resample_name, None)
+        return x if resample is None else resample(x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        ch = cfg.channels
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        widths = [ch] + [ch * m for m in cfg.channel_mult]
+        for i in range(len(cfg.channel_mult)):
+            blocks = [
+                ResnetBlock(widths[i] if j == 0 else widths[i + 1], widths[i + 1])
+                for j in range(cfg.num_res_blocks)
+            ]
+            last = i == len(cfg.channel_mult) - 1
+            self.down.append(Level(blocks, None if last else Downsample(widths[i + 1]), "downsample"))
+        top = widths[-1]
+        self.mid = Mid(top)
+        self.norm_out = norm(top)
+        self.conv_out = nn.Conv2d(top, 2 * cfg.z_channels, 3, padding=1)  # mean and log-variance
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level in self.down:
+            h = level(h)
+        h = self.mid(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        widths = [cfg.channels * m for m in cfg.channel_mult]
+        top = widths[-1]
+        self.conv_in = nn.Conv2d(cfg.z_channels, top, 3, padding=1)
+        self.mid = Mid(top)
+        # Stored lowest resolution last (`up.0` is full size), run from the top level down.
+        up: list[nn.Module] = []
+        ch = top
+        for i in reversed(range(len(widths))):
+            blocks = []
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(ResnetBlock(ch, widths[i]))
+                ch = widths[i]
+            up.insert(0, Level(blocks, Upsample(ch) if i else None, "upsample"))
+        self.up = nn.ModuleList(up)
+        self.norm_out = norm(ch)
+        self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))
+        for level in reversed(self.up):
+            h = level(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class VAE(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+
+    def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """image (B, 3, H, W) in [-1, 1] -> z (B, 4, H/8, W/8), unscaled (multiply by SCALING_FACTOR).
+
+        Without a generator: the posterior mean; with one: mean + std * noise drawn from it (noise is drawn
+        on the generator's device and moved, like diffusers' `randn_tensor`).
+        """
+        mean, logvar = self.quant_conv(self.encoder(image)).chunk(2, dim=1)
+        if generator is None:
+            return mean
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        noise = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype)
+        return mean + std * noise.to(mean.device)
+
+    def decode(self, z: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+        """z = latents / SCALING_FACTOR, (B, 4, h, w) -> image (B, 3, 8h, 8w), roughly in [-1, 1].
+
+        tiled=None decodes in overlapping tiles when h*w > 96*96 (output then differs very slightly).
+        """
+        if tiled is None:
+            tiled = z.shape[-2] * z.shape[-1] > AUTO_TILE_ABOVE
+        if tiled and (z.shape[-2] > TILE or z.shape[-1] > TILE):
+            return self._decode_tiled(z)
+        return self.decoder(self.post_quant_conv(z))
+
+    def _decode_tiled(self, z: torch.Tensor) -> torch.Tensor:
+        """Decode TILE-size tiles overlapping by TILE_OVERLAP, blended by linear ramps where they overlap."""
+        s = self.config.downscale
+        b, _, h, w = z.shape
+        out = torch.zeros(b, self.config.out_channels, h * s, w * s, dtype=z.dtype, device=z.device)
+        weight = torch.zeros(1, 1, h * s, w * s, dtype=z.dtype, device=z.device)
+        rows, cols = _tile_starts(h), _tile_starts(w)
+        log.debug("tiled VAE decode: %dx%d latents in %d tiles", h, w, len(rows) * len(cols))
+        for y in rows:
+            for x in cols:
+                th, tw = min(TILE, h - y), min(TILE, w - x)
+                tile = self.decoder(self.post_quant_conv(z[:, :, y : y + th, x : x + tw]))
+                wy = _ramp(th * s, TILE_OVERLAP * s, y > 0, y + th < h, z)
+                wx = _ramp(tw * s, TILE_OVERLAP * s, x > 0, x + tw < w, z)
+                mask = wy[:, None] * wx[None, :]
+                out[:, :, y * s : (y + th) * s, x * s : (x + tw) * s] += tile * mask
+                weight[:, :, y * s : (y + th) * s, x * s : (x + tw) * s] += mask
+        return out / weight
+
+
+def _tile_starts(n: int) -> list[int]:
+    if n <= TILE:
+        return [0]
+    starts = list(range(0, n - TILE, TILE - TILE_OVERLAP))
+    return [*starts, n - TILE]
+
+
+def _ramp(n: int, ramp: int, rise: bool, fall: bool, like: torch.Tensor) -> torch.Tensor:
+    """Per-pixel weights: 1 inside, rising linearly over `ramp` pixels at edges shared with a neighbour."""
+    w = torch.ones(n, dtype=like.dtype, device=like.device)
+    edge = (torch.arange(ramp, dtype=like.dtype, device=like.device) + 0.5) / ramp
+    ramp = min(ramp, n)
+    if rise:
+        w[:ramp] = torch.minimum(w[:ramp], edge[:ramp])
+    if fall:
+        w[n - ramp :] = torch.minimum(w[n - ramp :], edge[:ramp].flip(0))
+    return w
