@@ -1,0 +1,343 @@
+"""The favorites library: image files in ``<folder>/images`` plus an SQLite index with a thumbnail per image.
+
+Crash safety comes from ordering. ``add`` writes the PNG atomically (temp, fsync, rename) *then* commits the
+row (WAL, ``synchronous=FULL``), so once ``add`` returns the favorite survives a kill at any later moment;
+a kill in between leaves a file without a row, which the next start re-adopts from the PNG's own
+``parameters`` chunk. ``remove`` commits a tombstone with the row's deletion, so a half-done removal is
+finished at the next start instead of the favorite coming back.
+
+Each thread gets its own SQLite connection; methods may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from .fileio import TEMP_PREFIX, atomic_write_bytes, remove_stale_temp_files
+from .imageload import ImageLoadError, load_image
+from .metadata import ImageParams, png_bytes, read_params
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "library.sqlite3"
+IMAGES_DIR = "images"
+THUMBNAIL_SIZE = 256
+STALE_TEMP_SECONDS = 60.0  # temp files younger than this may belong to another running instance
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+_SORTS = {"newest": "created DESC, id DESC", "oldest": "created ASC, id ASC"}
+_INT64 = 2**63
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS favorites (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created REAL NOT NULL,
+    file TEXT NOT NULL UNIQUE,            -- file name inside the images folder
+    prompt TEXT NOT NULL DEFAULT '',
+    negative_prompt TEXT NOT NULL DEFAULT '',
+    seed INTEGER,
+    steps INTEGER NOT NULL,
+    cfg_scale REAL NOT NULL,
+    sampler TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    model_name TEXT NOT NULL DEFAULT '',
+    model_hash TEXT NOT NULL DEFAULT '',
+    strength REAL,
+    extra TEXT NOT NULL DEFAULT '{}',     -- JSON object of the unknown metadata keys
+    thumbnail BLOB,                       -- PNG, at most THUMBNAIL_SIZE px a side
+    missing INTEGER NOT NULL DEFAULT 0    -- 1 while the image file is gone
+);
+CREATE INDEX IF NOT EXISTS favorites_created ON favorites (created);
+-- files whose favorite was removed: delete_file=1 -> delete at the next start; 0 -> keep, never re-adopt
+CREATE TABLE IF NOT EXISTS removed (file TEXT PRIMARY KEY, delete_file INTEGER NOT NULL);
+"""
+_COLUMNS = ("id, created, file, prompt, negative_prompt, seed, steps, cfg_scale, sampler, width, height, "
+            "model_name, model_hash, strength, extra, missing")
+
+
+@dataclass(frozen=True)
+class Favorite:
+    id: int
+    params: ImageParams
+    path: Path  # absolute path of the image file
+    created: float  # Unix time
+    missing: bool = False  # the file was gone when the library last looked
+    thumbnail: bytes | None = None  # PNG bytes; filled by get(), not by search() (see Library.thumbnail)
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    temp_files_removed: int = 0
+    marked_missing: int = 0
+    found_again: int = 0
+    adopted: int = 0
+    removals_finished: int = 0
+
+
+def _casefold(text: str | None) -> str:
+    return text.casefold() if isinstance(text, str) else ""
+
+
+def make_thumbnail(image: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
+    """PNG bytes of ``image`` shrunk to fit ``size`` x ``size``."""
+    thumb = image.convert("RGB")
+    thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    thumb.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+class Library:
+    """Favorites stored in ``folder`` (created if needed). Opening it repairs it; see ``repair``."""
+
+    def __init__(self, folder: str | Path, *, repair: bool = True) -> None:
+        self.folder = Path(folder)
+        self.images_dir = self.folder / IMAGES_DIR
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.folder / DB_NAME
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._db().executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+        self.last_repair = self.repair() if repair else RepairReport()
+
+    # ------------------------------------------------------------ connections
+
+    def _db(self) -> sqlite3.Connection:
+        if self._closed:
+            raise ValueError("the library is closed")
+        db = getattr(self._local, "db", None)
+        if db is None:
+            # check_same_thread=False only so close() can close every thread's connection; each thread
+            # uses its own.
+            db = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a returned commit is on disk
+            db.create_function("casefold", 1, _casefold, deterministic=True)
+            self._local.db = db
+            with self._lock:
+                self._connections.append(db)
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every thread's connection. The library can't be used afterwards."""
+        with self._lock:
+            self._closed = True
+            for db in self._connections:
+                try:
+                    db.close()
+                except sqlite3.Error:
+                    log.warning("closing a library connection failed", exc_info=True)
+            self._connections.clear()
+
+    # ------------------------------------------------------------ adding
+
+    def add(self, image: Image.Image | str | Path, params: ImageParams | None = None) -> Favorite:
+        """Store a favorite: the image file first (atomically), then its row. Confirmed once this returns.
+
+        ``image`` is a PIL image or an image file. ``params`` defaults to the metadata in the image (or
+        blank parameters). The stored file is a PNG carrying ``params`` in its ``parameters`` chunk.
+        Raises ``ImageLoadError`` for a file that isn't a usable image.
+        """
+        if isinstance(image, (str, Path)):
+            source = Path(image)
+            file_params = read_params(source)
+            params = params or file_params or ImageParams()
+            picture = load_image(source)
+            with open(source, "rb") as f:
+                is_png = f.read(8) == b"\x89PNG\r\n\x1a\n"
+            data = source.read_bytes() if is_png and file_params == params else png_bytes(picture, params)
+        else:
+            params = params or read_params(image) or ImageParams()
+            picture = image
+            data = png_bytes(image, params)
+        created = time.time()
+        path = atomic_write_bytes(self._new_file_path(created, params.seed), data)
+        return self._insert(path, params, created, make_thumbnail(picture))
+
+    def _new_file_path(self, created: float, seed: int | None) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(created)) + f"-{int(created * 1000) % 1000:03d}"
+        stem = f"{stamp}-{seed}" if seed is not None else stamp
+        path, n = self.images_dir / f"{stem}.png", 1
+        while path.exists() or self._file_known(path.name):
+            path, n = self.images_dir / f"{stem}-{n}.png", n + 1
+        return path
+
+    def _file_known(self, name: str) -> bool:
+        db = self._db()
+        return db.execute("SELECT 1 FROM favorites WHERE file = ? UNION SELECT 1 FROM removed WHERE file = ?",
+                          (name, name)).fetchone() is not None
+
+    def _insert(self, path: Path, params: ImageParams, created: float, thumbnail: bytes) -> Favorite:
+        extra = dict(params.extra)
+        seed = params.seed
+        if seed is not None and not -_INT64 <= seed < _INT64:  # SQLite integers are 64-bit
+            extra.setdefault("Seed", str(seed))
+            seed = None
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO favorites (created, file, prompt, negative_prompt, seed, steps, cfg_scale, sampler,"
+                " width, height, model_name, model_hash, strength, extra, thumbnail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (created, path.name, params.prompt, params.negative_prompt, seed, int(params.steps),
+                 float(params.cfg_scale), params.sampler, int(params.width), int(params.height),
+                 params.model_name, params.model_hash, params.strength, json.dumps(extra, ensure_ascii=False),
+                 sqlite3.Binary(thumbnail)))
+            fav_id = int(cur.lastrowid)
+        return Favorite(fav_id, params, path, created, False, thumbnail)
+
+    # ------------------------------------------------------------ reading
+
+    def _favorite(self, row: tuple, thumbnail: bytes | None = None) -> Favorite:
+        (fav_id, created, file, prompt, negative, seed, steps, cfg, sampler, width, height, model_name,
+         model_hash, strength, extra, missing) = row
+        try:
+            extra_dict = json.loads(extra)
+            if not isinstance(extra_dict, dict):
+                extra_dict = {}
+        except ValueError:
+            extra_dict = {}
+        params = ImageParams(prompt=prompt, negative_prompt=negative, steps=steps, sampler=sampler,
+                             cfg_scale=cfg, seed=seed, width=width, height=height, strength=strength,
+                             model_name=model_name, model_hash=model_hash,
+                             extra={str(k): str(v) for k, v in extra_dict.items()})
+        return Favorite(fav_id, params, self.images_dir / file, created, bool(missing), thumbnail)
+
+    def get(self, fav_id: int) -> Favorite | None:
+        """The favorite with this id, thumbnail included; ``None`` if there is none."""
+        row = self._db().execute(f"SELECT {_COLUMNS}, thumbnail FROM favorites WHERE id = ?",
+                                 (int(fav_id),)).fetchone()
+        if row is None:
+            return None
+        return self._favorite(row[:-1], bytes(row[-1]) if row[-1] is not None else None)
+
+    def thumbnail(self, fav_id: int) -> bytes | None:
+        """The stored PNG thumbnail of one favorite (``None`` if unknown)."""
+        row = self._db().execute("SELECT thumbnail FROM favorites WHERE id = ?", (int(fav_id),)).fetchone()
+        return bytes(row[0]) if row and row[0] is not None else None
+
+    def search(self, text: str = "", sort: str = "newest") -> list[Favorite]:
+        """Favorites whose prompt contains every word of ``text`` (case-insensitive), without thumbnails."""
+        if sort not in _SORTS:
+            raise ValueError(f"sort must be one of {sorted(_SORTS)}, not {sort!r}")
+        words = _casefold(text).split()
+        where = " AND ".join("instr(casefold(prompt), ?) > 0" for _ in words) or "1"
+        rows = self._db().execute(f"SELECT {_COLUMNS} FROM favorites WHERE {where} ORDER BY {_SORTS[sort]}",
+                                  words).fetchall()
+        return [self._favorite(r) for r in rows]
+
+    def count(self) -> int:
+        return int(self._db().execute("SELECT count(*) FROM favorites").fetchone()[0])
+
+    # ------------------------------------------------------------ removing
+
+    def remove(self, fav_id: int, delete_file: bool = True) -> bool:
+        """Remove a favorite; ``delete_file`` also deletes its image. Returns whether it existed.
+
+        With ``delete_file=False`` the image stays in the images folder and is remembered as not-a-favorite,
+        so the next start doesn't re-adopt it.
+        """
+        with self._write() as db:
+            row = db.execute("SELECT file FROM favorites WHERE id = ?", (int(fav_id),)).fetchone()
+            if row is None:
+                return False
+            db.execute("DELETE FROM favorites WHERE id = ?", (int(fav_id),))
+            db.execute("INSERT OR REPLACE INTO removed (file, delete_file) VALUES (?, ?)",
+                       (row[0], int(delete_file)))
+        if delete_file:
+            self._finish_removal(row[0])
+        return True
+
+    def _finish_removal(self, name: str) -> None:
+        try:
+            (self.images_dir / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            log.warning("could not delete %s; will retry at the next start", name, exc_info=True)
+            return
+        with self._write() as db:
+            db.execute("DELETE FROM removed WHERE file = ? AND delete_file = 1", (name,))
+
+    # ------------------------------------------------------------ repair
+
+    def repair(self) -> RepairReport:
+        """Bring the index and the images folder back in line after a crash or outside changes.
+
+        Removes stale temp files, finishes interrupted removals, flags rows whose file vanished (and unflags
+        ones that came back), and adopts image files that have no row, from their embedded parameters.
+        """
+        temps = remove_stale_temp_files(self.images_dir, STALE_TEMP_SECONDS)
+        db = self._db()
+        finished = 0
+        for (name,) in db.execute("SELECT file FROM removed WHERE delete_file = 1").fetchall():
+            self._finish_removal(name)
+            finished += 1
+        kept = {name for (name,) in db.execute("SELECT file FROM removed WHERE delete_file = 0")}
+        on_disk = {p.name for p in self._image_files()}
+        vanished = kept - on_disk
+        rows = db.execute("SELECT id, file, missing FROM favorites").fetchall()
+        newly_missing = [(i,) for i, name, missing in rows if not missing and name not in on_disk]
+        back = [(i,) for i, name, missing in rows if missing and name in on_disk]
+        if newly_missing or back or vanished:
+            with self._write() as w:
+                w.executemany("UPDATE favorites SET missing = 1 WHERE id = ?", newly_missing)
+                w.executemany("UPDATE favorites SET missing = 0 WHERE id = ?", back)
+                w.executemany("DELETE FROM removed WHERE file = ?", [(n,) for n in vanished])
+        known = {name for _, name, _ in rows} | kept
+        adopted = 0
+        for path in sorted(self._image_files()):
+            if path.name not in known and self._adopt(path):
+                adopted += 1
+        report = RepairReport(temps, len(newly_missing), len(back), adopted, finished)
+        if report != RepairReport():
+            log.info("library repair: %s", report)
+        return report
+
+    def _image_files(self) -> list[Path]:
+        try:
+            return [p for p in self.images_dir.iterdir()
+                    if p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith(TEMP_PREFIX) and p.is_file()]
+        except OSError:
+            return []
+
+    def _adopt(self, path: Path) -> bool:
+        try:
+            picture = load_image(path)
+            created = path.stat().st_mtime
+        except (ImageLoadError, OSError):
+            log.warning("not adopting %s: not a readable image", path.name, exc_info=True)
+            return False
+        params = read_params(path) or ImageParams(width=picture.width, height=picture.height)
+        try:
+            self._insert(path, params, created, make_thumbnail(picture))
+        except sqlite3.IntegrityError:  # another instance adopted it first
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"Library({os.fspath(self.folder)!r})"
