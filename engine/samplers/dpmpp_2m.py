@@ -29,18 +29,22 @@ class DPMPP2MSampler:
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         train_sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
 
+        self.timesteps, self.sigmas = self._schedule(n, train_sigmas)
+
+        self._prev_x0: torch.Tensor | None = None  # model_outputs[-2] in diffusers
+        self._lower_order_nums = 0
+
+    @staticmethod
+    def _schedule(n: int, train_sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(timesteps, sigmas with a final 0) for n steps; the Karras variant overrides only this."""
         # 'linspace': numpy.linspace(0, 999, n + 1).round()[::-1][:-1] (numpy's float64 arithmetic, and
         # round-half-to-even like torch.round).
         last = float(NUM_TRAIN_TIMESTEPS - 1)
         t = torch.arange(n + 1, dtype=torch.float64) * (last / n)
         t[-1] = last
         int_timesteps = t.round().long().flip(0)[:-1]
-        self.timesteps = int_timesteps.to(torch.float32)
         # Integer timesteps: numpy.interp is plain indexing. Final sigma is zero.
-        self.sigmas = torch.cat([train_sigmas[int_timesteps], torch.zeros(1)])
-
-        self._prev_x0: torch.Tensor | None = None  # model_outputs[-2] in diffusers
-        self._lower_order_nums = 0
+        return int_timesteps.to(torch.float32), torch.cat([train_sigmas[int_timesteps], torch.zeros(1)])
 
     def scale_model_input(self, sample: torch.Tensor, i: int) -> torch.Tensor:
         return sample
