@@ -29,13 +29,13 @@ def count_tokens(text: str) -> int:
 
 
 __all__ = [
+    "DISPLAY_NAMES",
+    "SAMPLERS",
     "Cancelled",
     "CheckpointError",
-    "DISPLAY_NAMES",
     "GenerationRequest",
     "GenerationResult",
     "Pipeline",
-    "SAMPLERS",
     "StepEvent",
     "count_tokens",
     "load_pipeline",

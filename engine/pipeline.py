@@ -16,9 +16,9 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 StepCallback = Callable[[StepEvent], None]
 
 
-def load_pipeline(path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> "Pipeline":
+def load_pipeline(path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> Pipeline:
     """Load an SD1.x checkpoint (.ckpt or .safetensors). Raises CheckpointError, or ValueError for bad options."""
     path = Path(path)
     if not path.is_file():

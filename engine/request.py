@@ -40,7 +40,7 @@ class GenerationRequest:
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
-            raise ValueError("prompt and negative_prompt must be strings")
+            raise TypeError("prompt and negative_prompt must be strings")
         if not _is_int(self.steps) or not 1 <= self.steps <= 1000:
             raise ValueError(f"steps must be an integer from 1 to 1000, got {self.steps!r}")
         if not _is_number(self.cfg_scale) or not 0 <= self.cfg_scale <= 50:

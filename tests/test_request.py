@@ -30,12 +30,16 @@ def test_defaults_are_valid():
         ("sampler", "plms", "dpmpp_2m_karras"),
         ("batch_size", 0, "batch_size"),
         ("strength", 1.5, "strength"),
-        ("prompt", None, "string"),
     ],
 )
 def test_bad_values_raise_clear_errors(field, value, words):
     with pytest.raises(ValueError, match=words):
         GenerationRequest(**{"prompt": "x", field: value})
+
+
+def test_prompt_must_be_text():
+    with pytest.raises(TypeError, match="strings"):
+        GenerationRequest(prompt=None)
 
 
 def test_init_image_must_match_size_and_run_a_step():
