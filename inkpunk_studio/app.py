@@ -1,0 +1,124 @@
+"""Start the desktop app: ``make_window()`` for an existing QApplication, ``main(argv)`` for everything.
+
+``main`` parses ``--checkpoint PATH`` and ``--data-dir DIR``, sets up logging, the QApplication (names for
+QSettings, icon, Fusion + the dark style sheet) and a qasync event loop, shows the window at once and lets
+the model load on the worker thread in the background.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from PySide6.QtGui import QColor, QIcon, QPalette
+from PySide6.QtWidgets import QApplication, QMainWindow
+
+from . import paths
+
+log = logging.getLogger(__name__)
+
+
+def apply_theme(app: QApplication) -> None:
+    """Fusion style, a dark palette (for what the style sheet doesn't reach) and resources/style.qss."""
+    app.setStyle("Fusion")
+    palette = QPalette()
+    colors = {
+        QPalette.ColorRole.Window: "#15131c", QPalette.ColorRole.WindowText: "#e8e6f0",
+        QPalette.ColorRole.Base: "#1d1a27", QPalette.ColorRole.AlternateBase: "#242033",
+        QPalette.ColorRole.Text: "#e8e6f0", QPalette.ColorRole.Button: "#242033",
+        QPalette.ColorRole.ButtonText: "#e8e6f0", QPalette.ColorRole.Highlight: "#ff2e97",
+        QPalette.ColorRole.HighlightedText: "#ffffff", QPalette.ColorRole.ToolTipBase: "#242033",
+        QPalette.ColorRole.ToolTipText: "#e8e6f0", QPalette.ColorRole.PlaceholderText: "#7d7891",
+        QPalette.ColorRole.Link: "#27e1ff", QPalette.ColorRole.BrightText: "#27e1ff",
+    }
+    for role, color in colors.items():
+        palette.setColor(role, QColor(color))
+    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText, QPalette.ColorRole.WindowText):
+        palette.setColor(QPalette.ColorGroup.Disabled, role, QColor("#6b6680"))
+    app.setPalette(palette)
+    qss = paths.resource_path("style.qss")
+    try:
+        app.setStyleSheet(qss.read_text(encoding="utf-8"))
+    except OSError as exc:
+        log.warning("no style sheet (%s); using the plain dark palette", exc)
+
+
+def _app_icon() -> QIcon | None:
+    icon_file = paths.resource_path("icon.png")
+    return QIcon(str(icon_file)) if icon_file.exists() else None
+
+
+def make_window(checkpoint: str | Path | None = None, data_dir: str | Path | None = None) -> QMainWindow:
+    """Build (not show) the main window inside the running QApplication.
+
+    ``checkpoint`` overrides the configured one for this session (no first-run dialog); ``data_dir`` replaces
+    the per-user data folder and keeps the settings in ``<data_dir>/settings.ini``. Close the window (or call
+    its ``shutdown()``) before dropping it: that stops the worker thread.
+    """
+    from .main_window import MainWindow
+    from .settings import AppSettings
+
+    app = QApplication.instance()
+    if app is None:
+        raise RuntimeError("make_window needs a QApplication; create one first")
+    folder = paths.data_dir(data_dir)
+    settings = AppSettings.for_data_dir(data_dir)
+    window = MainWindow(settings, folder, checkpoint=str(checkpoint) if checkpoint else None)
+    icon = _app_icon()
+    if icon is not None:
+        window.setWindowIcon(icon)
+    return window
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="inkpunk-studio", description="Inkpunk Studio desktop app")
+    parser.add_argument("--checkpoint", metavar="PATH", help="SD 1.x checkpoint (.safetensors/.ckpt) to load")
+    parser.add_argument("--data-dir", metavar="DIR", help="keep images, models and settings in DIR")
+    # Qt's own options (-platform, -style, ...) pass through to QApplication
+    args, _unknown = parser.parse_known_args(argv)
+    return args
+
+
+def _install_logging() -> None:
+    try:
+        from . import logsetup
+    except ImportError:
+        logging.basicConfig(level=logging.INFO)
+        return
+    try:
+        logsetup.install(paths.log_dir())
+    except Exception:  # logging must never stop the app from starting
+        logging.basicConfig(level=logging.INFO)
+        log.exception("could not set up the log file")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the desktop app until its window closes; returns the exit code."""
+    import qasync
+
+    from .worker import set_app_loop
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    _install_logging()
+    QApplication.setApplicationName(paths.APP_NAME)
+    QApplication.setOrganizationName(paths.ORG_NAME)
+    QApplication.setApplicationDisplayName("Inkpunk Studio")
+    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "inkpunk-studio", *argv])
+    icon = _app_icon()
+    if icon is not None:
+        app.setWindowIcon(icon)
+    apply_theme(app)
+
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    set_app_loop(loop)
+    window = make_window(checkpoint=args.checkpoint, data_dir=args.data_dir)
+    app.aboutToQuit.connect(window.shutdown)
+    window.show()
+    with loop:
+        loop.run_forever()
+    return 0

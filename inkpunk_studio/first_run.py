@@ -1,0 +1,288 @@
+"""First run: no checkpoint configured yet. Locate one on disk, or download Inkpunk Diffusion v2.
+
+The download is a coroutine on the app's qasync loop; the blocking HTTP transfer runs in the I/O pool and
+reports progress back to the GUI thread. It resumes: bytes go to ``<name>.part`` next to the destination and a
+later attempt asks the server for the rest with an HTTP Range request (huggingface_hub >= 1.0 deletes its
+own partial files on failure, so it can't resume for us). The finished file is checked against the size and,
+when the Hub gives one, the sha256 ETag of its LFS object, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QDialog,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+log = logging.getLogger(__name__)
+
+REPO_ID = "Envvi/Inkpunk-Diffusion"
+FILENAME = "Inkpunk-Diffusion-v2.ckpt"
+DOWNLOAD_LABEL = "Download Inkpunk Diffusion v2 (2.1 GB)"
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+CHECKPOINT_FILTER = "Stable Diffusion checkpoints (*.safetensors *.ckpt);;All files (*)"
+_CHUNK = 1 << 20
+
+ProgressFn = Callable[[int, "int | None"], None]
+DownloadFn = Callable[[Path, ProgressFn, threading.Event], Path]
+
+
+class DownloadCancelled(Exception):
+    """The person cancelled; the partial file is kept for a resume."""
+
+
+def part_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part")
+
+
+def download_file(url: str, dest: str | Path, on_progress: ProgressFn, cancel: threading.Event, *,
+                  expected_size: int | None = None, sha256: str | None = None, headers: dict | None = None,
+                  session=None, timeout: float = 30.0) -> Path:
+    """Download ``url`` to ``dest``, resuming from ``dest.part``; raises DownloadCancelled or OSError."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and (expected_size is None or dest.stat().st_size == expected_size):
+        on_progress(dest.stat().st_size, dest.stat().st_size)
+        return dest
+    if session is None:
+        from huggingface_hub.utils import get_session
+
+        session = get_session()
+    part = part_path(dest)
+    done = part.stat().st_size if part.exists() else 0
+    if expected_size is not None and done > expected_size:
+        done = 0  # not ours (or the file changed upstream): start over
+    request_headers = dict(headers or {})
+    if done:
+        request_headers["Range"] = f"bytes={done}-"
+    with session.stream("GET", url, headers=request_headers, follow_redirects=True, timeout=timeout) as response:
+        if response.status_code == 416 and expected_size is not None and done == expected_size:
+            pass  # everything is already in the .part file
+        elif response.status_code == 200:
+            done = 0  # the server ignored the Range header: write from the start
+        elif response.status_code != 206:
+            raise OSError(f"download failed: HTTP {response.status_code} from {url}")
+        total = expected_size
+        if total is None:
+            length = response.headers.get("Content-Length")
+            total = done + int(length) if length and length.isdigit() else None
+        on_progress(done, total)
+        if response.status_code in (200, 206):
+            with open(part, "ab" if done else "wb") as f:
+                for chunk in response.iter_bytes(_CHUNK):
+                    if cancel.is_set():
+                        raise DownloadCancelled("download cancelled")
+                    f.write(chunk)
+                    done += len(chunk)
+                    on_progress(done, total)
+                f.flush()
+                os.fsync(f.fileno())
+    if cancel.is_set():
+        raise DownloadCancelled("download cancelled")
+    size = part.stat().st_size
+    if expected_size is not None and size != expected_size:
+        raise OSError(f"download incomplete: got {size} of {expected_size} bytes; try again to resume")
+    if sha256 and _sha256(part, cancel) != sha256.lower():
+        part.unlink(missing_ok=True)
+        raise OSError("the downloaded file is corrupt (checksum mismatch) and was removed; try again")
+    os.replace(part, dest)
+    return dest
+
+
+def _sha256(path: Path, cancel: threading.Event) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            if cancel.is_set():
+                raise DownloadCancelled("download cancelled")
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_inkpunk(dest_dir: Path, on_progress: ProgressFn, cancel: threading.Event) -> Path:
+    """Download (or resume) Inkpunk-Diffusion-v2.ckpt from the Hugging Face Hub into ``dest_dir``."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    url = hf_hub_url(REPO_ID, FILENAME)
+    meta = get_hf_file_metadata(url)
+    etag = (meta.etag or "").strip('"').lower()
+    sha256 = etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None  # LFS ETags are the file's sha256
+    return download_file(meta.location or url, Path(dest_dir) / FILENAME, on_progress, cancel,
+                         expected_size=meta.size, sha256=sha256, headers=build_hf_headers())
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+class FirstRunDialog(QDialog):
+    """Non-blocking setup dialog (show it with ``open()``). Emits ``checkpointChosen(path)`` and accepts.
+
+    States: "choose" (two big buttons), "downloading" (progress + Cancel), "paused" (after a cancel: Resume
+    continues from the partial file), "failed" (message + Retry), "done".
+    """
+
+    checkpointChosen = Signal(str)
+    stateChanged = Signal(str)
+
+    def __init__(self, tasks, models_dir: Path, download_fn: DownloadFn = download_inkpunk,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("firstRunDialog")
+        self.setWindowTitle("Welcome to Inkpunk Studio")
+        self.setMinimumWidth(520)
+        self._tasks = tasks
+        self._models_dir = Path(models_dir)
+        self._download_fn = download_fn
+        self._cancel: threading.Event | None = None
+        self._task = None
+        self._last_report = 0.0
+        self.state = ""
+
+        title = QLabel("Inkpunk Studio needs a Stable Diffusion 1.x checkpoint", self)
+        title.setProperty("role", "title")
+        intro = QLabel("Pick a <b>.safetensors</b> or <b>.ckpt</b> file you already have, or download "
+                       "Inkpunk Diffusion v2 by Envvi from the Hugging Face Hub.", self)
+        intro.setWordWrap(True)
+        self.locate_button = QPushButton("Locate a checkpoint…", self)
+        self.locate_button.setObjectName("locateButton")
+        self.locate_button.clicked.connect(self._browse)
+        self.download_button = QPushButton(DOWNLOAD_LABEL, self)
+        self.download_button.setObjectName("downloadButton")
+        self.download_button.setProperty("accent", True)
+        self.download_button.clicked.connect(self.start_download)
+        self.progress = QProgressBar(self)
+        self.progress.setObjectName("downloadProgress")
+        self.status = QLabel("", self)
+        self.status.setObjectName("downloadStatus")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.cancel_button = QPushButton("Cancel download", self)
+        self.cancel_button.setObjectName("cancelDownloadButton")
+        self.cancel_button.clicked.connect(self.cancel_download)
+        self.later_button = QPushButton("Later", self)
+        self.later_button.setToolTip("Close; choose a checkpoint later with File ▸ Open Checkpoint…")
+        self.later_button.clicked.connect(self.reject)
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.locate_button)
+        buttons.addWidget(self.download_button)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.cancel_button)
+        bottom.addStretch(1)
+        bottom.addWidget(self.later_button)
+        layout = QVBoxLayout(self)
+        layout.setSpacing(12)
+        layout.addWidget(title)
+        layout.addWidget(intro)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addLayout(bottom)
+        self._set_state("choose")
+
+    # --- locate
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a checkpoint", str(Path.home()), CHECKPOINT_FILTER)
+        if path:
+            self.choose_file(path)
+
+    def choose_file(self, path: str | Path) -> bool:
+        """Accept an existing .safetensors/.ckpt file; otherwise say why and stay open."""
+        path = Path(path)
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            self.status.setText(f"{path.name} is not a .safetensors or .ckpt file.")
+            return False
+        if not path.is_file():
+            self.status.setText(f"{path} does not exist.")
+            return False
+        self._finish(path)
+        return True
+
+    # --- download
+    def start_download(self) -> None:
+        if self.state == "downloading":
+            return
+        self._cancel = threading.Event()
+        self._set_state("downloading")
+        self._task = self._tasks.spawn(self._download(self._cancel))
+
+    def cancel_download(self) -> None:
+        if self._cancel is not None:
+            self._cancel.set()
+
+    async def _download(self, cancel: threading.Event) -> None:
+        try:
+            path = await self._tasks.run(self._download_fn, self._models_dir, self._report, cancel)
+        except DownloadCancelled:
+            self._set_state("paused")
+            return
+        except Exception as exc:  # network errors, disk full, ...: say so and offer a retry
+            log.warning("download failed: %s", exc, exc_info=True)
+            self._set_state("failed", f"Download failed: {exc}")
+            return
+        self._finish(Path(path))
+
+    def _report(self, done: int, total: int | None) -> None:  # download thread
+        now = time.monotonic()
+        if now - self._last_report >= 0.1 or (total is not None and done >= total):
+            self._last_report = now
+            self._tasks.call_soon_threadsafe(self._show_progress, done, total)
+
+    def _show_progress(self, done: int, total: int | None) -> None:
+        if self.state != "downloading":
+            return
+        if total:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(1000 * done / total))
+            self.status.setText(f"Downloading {FILENAME}: {_gb(done)} of {_gb(total)}")
+        else:
+            self.progress.setRange(0, 0)
+            self.status.setText(f"Downloading {FILENAME}: {_gb(done)}")
+
+    # --- states
+    def _finish(self, path: Path) -> None:
+        self._set_state("done", f"Using {path}")
+        self.checkpointChosen.emit(str(path))
+        self.accept()
+
+    def _set_state(self, state: str, message: str = "") -> None:
+        self.state = state
+        downloading = state == "downloading"
+        self.locate_button.setEnabled(not downloading)
+        self.download_button.setEnabled(not downloading and state != "done")
+        self.download_button.setText({"paused": "Resume download", "failed": "Retry download"}.get(
+            state, DOWNLOAD_LABEL))
+        self.cancel_button.setVisible(downloading)
+        self.progress.setVisible(state in ("downloading", "paused", "failed"))
+        if downloading:
+            self.progress.setRange(0, 0)
+            message = message or "Connecting to the Hugging Face Hub…"
+        elif state == "paused":
+            part = part_path(self._models_dir / FILENAME)
+            kept = part.stat().st_size if part.exists() else 0
+            message = message or (f"Download paused; {_gb(kept)} kept. Resume continues where it stopped."
+                                  if kept else "Download cancelled.")
+        self.status.setText(message)
+        self.stateChanged.emit(state)
+
+    def done(self, result: int) -> None:  # closing while downloading stops the transfer (the .part stays)
+        self.cancel_download()
+        super().done(result)

@@ -1,0 +1,431 @@
+"""The main window: a composition of focused widgets around one WorkerHost.
+
+Layout: a sidebar (prompts, parameters, Generate/Cancel with progress) on the left; on the right the canvas
+with its toolbar row and, below it, the history strip. The window only wires things together: widgets emit
+what the person did, the window turns it into a GenerationParams/GenerationJob for the WorkerHost, and the
+host's plain-data signals come back to widget methods.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QSize, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QScrollArea,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+import engine
+
+from . import history, paths
+from .first_run import CHECKPOINT_FILTER, FirstRunDialog
+from .metadata import DISPLAY_NAMES, ImageParams, read_params
+from .settings import AppSettings
+from .widgets.canvas import CanvasPanel
+from .widgets.history_strip import HistoryStrip
+from .widgets.params_panel import ParamsPanel
+from .widgets.prompt_panel import PromptPanel, load_presets
+from .widgets.run_bar import RunBar
+from .widgets.settings_dialog import SettingsDialog, SettingsValues
+from .worker import AsyncTasks, GenerationJob, GenerationParams, WorkerHost
+
+log = logging.getLogger(__name__)
+
+
+def _caption(path: str, params: ImageParams | None) -> str:
+    name = Path(path).name
+    if params is None:
+        return name
+    sampler = DISPLAY_NAMES.get(params.sampler, params.sampler)
+    return f"{name}  ·  seed {params.seed}  ·  {params.width}×{params.height}  ·  {sampler}, {params.steps} steps"
+
+
+class MainWindow(QMainWindow):
+    generationFinished = Signal(list)  # paths of the images saved by this run
+    generationCancelled = Signal()
+    errorShown = Signal(str, str)  # title, text: every error message box (tests and logs listen)
+
+    def __init__(self, settings: AppSettings, data_dir: Path, checkpoint: str | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("mainWindow")
+        self.setWindowTitle("Inkpunk Studio")
+        self.settings = settings
+        self.data_dir = Path(data_dir)
+        self.message_box: QMessageBox | None = None
+        self.first_run_dialog: FirstRunDialog | None = None
+        self._closed = False
+        self._history_task = None
+
+        self.tasks = AsyncTasks()
+        self.host = WorkerHost(self)
+        self.prompt_panel = PromptPanel(self.tasks, load_presets(paths.resource_path("presets.json")))
+        self.params_panel = ParamsPanel(engine.SAMPLERS, engine.DISPLAY_NAMES)
+        self.run_bar = RunBar()
+        self.canvas_panel = CanvasPanel()
+        self.canvas = self.canvas_panel.canvas
+        self.history_strip = HistoryStrip()
+        self.model_label = QLabel("No model")
+        self.model_label.setObjectName("modelStatusLabel")
+        self._build_layout()
+        self._build_menus()
+        self._connect()
+
+        self._restore_session()
+        self.reload_history()
+        self._checkpoint = checkpoint or settings.checkpoint
+        if self._checkpoint:
+            self.load_checkpoint(self._checkpoint, remember=False)
+        else:
+            self.run_bar.set_mode("unavailable", "Choose a checkpoint to start")
+            QTimer.singleShot(0, self.show_first_run)
+
+    # ------------------------------------------------------------------ building
+    def _build_layout(self) -> None:
+        sidebar = QWidget()
+        sidebar.setObjectName("sidebar")
+        side = QVBoxLayout(sidebar)
+        side.setContentsMargins(14, 14, 14, 14)
+        side.setSpacing(12)
+        side.addWidget(self.prompt_panel, 1)
+        side.addWidget(self.params_panel)
+        side.addWidget(self.run_bar)
+        scroll = QScrollArea()
+        scroll.setObjectName("sidebarScroll")
+        scroll.setWidget(sidebar)
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setMinimumWidth(360)
+
+        right = QWidget()
+        right.setObjectName("stage")
+        stage = QVBoxLayout(right)
+        stage.setContentsMargins(10, 10, 14, 10)
+        stage.setSpacing(8)
+        stage.addWidget(self.canvas_panel, 1)
+        stage.addWidget(self.history_strip)
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.setObjectName("mainSplitter")
+        self.splitter.addWidget(scroll)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([400, 900])
+        self.setCentralWidget(self.splitter)
+        self.statusBar().addPermanentWidget(self.model_label)
+
+    def _action(self, text: str, slot, shortcuts=(), name: str = "") -> QAction:
+        action = QAction(text, self)
+        if name:
+            action.setObjectName(name)
+        if shortcuts:
+            action.setShortcuts([QKeySequence(s) for s in shortcuts])
+            action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        action.triggered.connect(slot)
+        self.addAction(action)
+        return action
+
+    def _build_menus(self) -> None:
+        self.open_action = self._action("Open Checkpoint…", self.browse_checkpoint, ["Ctrl+O"], "openCheckpointAction")
+        self.settings_action = self._action("Settings…", self.show_settings, ["Ctrl+,"], "settingsAction")
+        folder_action = self._action("Open Output Folder", self.open_output_folder, name="openOutputAction")
+        quit_action = self._action("Quit", self.close, [QKeySequence.StandardKey.Quit], "quitAction")
+        self.generate_action = self._action("Generate", self.generate, ["Ctrl+Return", "Ctrl+Enter"],
+                                            "generateAction")
+        self.cancel_action = self._action("Cancel", self.cancel, ["Esc"], "cancelAction")
+        file_menu = self.menuBar().addMenu("&File")
+        for item in (self.open_action, folder_action, None, self.settings_action, None, quit_action):
+            file_menu.addSeparator() if item is None else file_menu.addAction(item)
+        run_menu = self.menuBar().addMenu("&Image")
+        run_menu.addAction(self.generate_action)
+        run_menu.addAction(self.cancel_action)
+        run_menu.addAction(self._action("Restore Parameters", self.restore_current, ["Ctrl+R"], "restoreAction"))
+        self.image_menu = run_menu
+        help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addAction(self._action("About Inkpunk Studio", self.show_about, name="aboutAction"))
+
+    def _connect(self) -> None:
+        self.run_bar.generate_button.clicked.connect(self.generate)
+        self.run_bar.cancel_button.clicked.connect(self.cancel)
+        self.host.stateChanged.connect(self._on_model_state)
+        self.host.modelFailed.connect(self._on_model_failed)
+        self.host.progress.connect(self._on_progress)
+        self.host.imageSaved.connect(self._on_image_saved)
+        self.host.finished.connect(self._on_finished)
+        self.host.cancelled.connect(self._on_cancelled)
+        self.host.failed.connect(self._on_failed)
+        self.history_strip.imageSelected.connect(self.show_history_image)
+        self.canvas_panel.restoreRequested.connect(self.restore_from_file)
+        self.prompt_panel.presetApplied.connect(self._on_preset)
+
+    # ------------------------------------------------------------------ parameters
+    def current_params(self) -> GenerationParams:
+        """What the panels describe now. (img2img: extend here with the init image and strength.)"""
+        values = self.params_panel.values()
+        return GenerationParams(prompt=self.prompt_panel.prompt(), negative_prompt=self.prompt_panel.negative_prompt(),
+                                **values)
+
+    def set_params(self, params: GenerationParams) -> list[str]:
+        self.prompt_panel.set_prompts(params.prompt, params.negative_prompt)
+        return self.params_panel.set_values(sampler=params.sampler, steps=params.steps, cfg_scale=params.cfg_scale,
+                                            seed=params.seed, random_seed=params.seed is None, width=params.width,
+                                            height=params.height, batch_count=params.batch_count)
+
+    def apply_image_params(self, meta: ImageParams) -> list[str]:
+        """Restore prompts and settings from an image's metadata; notes about adjusted values go to the status bar."""
+        self.prompt_panel.set_prompts(meta.prompt, meta.negative_prompt)
+        notes = self.params_panel.set_values(sampler=meta.sampler, steps=meta.steps, cfg_scale=meta.cfg_scale,
+                                             seed=meta.seed, random_seed=meta.seed is None, width=meta.width,
+                                             height=meta.height)
+        message = "Parameters restored" + (f" (adjusted: {'; '.join(notes)})" if notes else "")
+        self.statusBar().showMessage(message, 6000)
+        return notes
+
+    def output_dir(self) -> Path:
+        chosen = self.settings.output_dir
+        return Path(chosen).expanduser() if chosen else paths.outputs_dir(self.data_dir)
+
+    # ------------------------------------------------------------------ generation
+    def generate(self) -> bool:
+        """Start (or queue behind the model load) a generation with the current parameters."""
+        if self.host.busy:
+            return False
+        if not self.host.can_generate():
+            self.statusBar().showMessage("No model loaded: choose a checkpoint first (File ▸ Open Checkpoint…)", 6000)
+            return False
+        params = self.current_params()
+        try:
+            params.request(params.seed)  # the engine's own validation, before anything starts
+        except ValueError as exc:
+            self.show_error("Can't generate", str(exc))
+            return False
+        job = GenerationJob(params=params, output_dir=self.output_dir(), preview=self.settings.preview_enabled)
+        if not self.host.generate(job):
+            return False
+        waiting = "Waiting for the model to finish loading…" if self.host.state == "loading" else "Starting…"
+        self.run_bar.set_mode("running", waiting)
+        return True
+
+    def cancel(self) -> None:
+        if self.host.busy:
+            self.host.cancel()
+            self.run_bar.set_mode("cancelling")
+
+    def _on_progress(self, info: dict) -> None:
+        self.run_bar.show_progress(info)
+        preview = info.get("preview")
+        if preview is not None:
+            self.canvas.set_preview(preview)
+
+    def _on_image_saved(self, info: dict) -> None:
+        path, image = info["path"], info["image"]
+        self.history_strip.add_path(path)
+        self.history_strip.set_thumbnail(path, image)
+        self.history_strip.blockSignals(True)
+        self.history_strip.select_path(path)
+        self.history_strip.blockSignals(False)
+        self.canvas_panel.show_file(image, path, _caption(path, self.current_params().image_params(info["seed"])))
+        self.params_panel.set_last_seed(info["seed"])
+
+    def _on_finished(self, saved: list) -> None:
+        self._back_to_idle()
+        folder = self.output_dir()
+        self.statusBar().showMessage(f"Saved {len(saved)} image{'s' * (len(saved) != 1)} to {folder}", 8000)
+        self.generationFinished.emit(list(saved))
+
+    def _on_cancelled(self, saved: list) -> None:
+        self._back_to_idle()
+        if self.canvas.is_preview():
+            self.canvas.clear()
+        kept = f" ({len(saved)} finished image{'s' * (len(saved) != 1)} kept)" if saved else ""
+        self.statusBar().showMessage("Cancelled" + kept, 6000)
+        self.generationCancelled.emit()
+
+    def _on_failed(self, message: str) -> None:
+        self._back_to_idle()
+        if self.canvas.is_preview():
+            self.canvas.clear()
+        self.show_error("Generation failed", message)
+
+    def _back_to_idle(self) -> None:
+        self._on_model_state(self.host.state, "")
+
+    # ------------------------------------------------------------------ model
+    def load_checkpoint(self, path: str | Path, remember: bool = True) -> None:
+        """Load a checkpoint on the worker (the window stays usable); ``remember`` stores it in the settings."""
+        path = str(path)
+        self._checkpoint = path
+        if remember:
+            self.settings.checkpoint = path
+            self.settings.sync()
+        self.host.load_model(path, self.settings.device, self.settings.precision)
+
+    def browse_checkpoint(self) -> None:
+        start = str(Path(self._checkpoint).parent) if self._checkpoint else str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(self, "Open a checkpoint", start, CHECKPOINT_FILTER)
+        if path:
+            self.load_checkpoint(path)
+
+    def _on_model_state(self, state: str, message: str) -> None:
+        if message:
+            self.model_label.setText(message)
+            self.statusBar().showMessage(message, 4000)
+        if state == "ready":
+            self.setWindowTitle(f"Inkpunk Studio — {self.host.model_info.get('name', '')}")
+        if self.host.busy:
+            return
+        if state == "ready":
+            self.run_bar.set_mode("idle", "Ready")
+        elif state == "loading":
+            self.run_bar.set_mode("idle", "Loading model… (Generate starts when it is ready)")
+        else:
+            self.run_bar.set_mode("unavailable", "Choose a checkpoint (File ▸ Open Checkpoint…)")
+
+    def _on_model_failed(self, path: str, message: str) -> None:
+        self.show_error("Could not load the checkpoint",
+                        f"{Path(path).name}:\n{message}\n\nChoose another checkpoint with File ▸ Open Checkpoint…",
+                        offer_checkpoint=True)
+
+    def show_first_run(self) -> None:
+        if self._closed or self.host.state != "none" or self.first_run_dialog is not None:
+            return
+        dialog = FirstRunDialog(self.tasks, paths.models_dir(self.data_dir), parent=self)
+        dialog.checkpointChosen.connect(self.load_checkpoint)
+        dialog.finished.connect(self._first_run_closed)
+        self.first_run_dialog = dialog
+        dialog.open()
+
+    def _first_run_closed(self) -> None:
+        self.first_run_dialog = None
+
+    # ------------------------------------------------------------------ history
+    def reload_history(self) -> None:
+        """(Re)fill the strip from the output folder, thumbnails loading in the background."""
+        folder = self.output_dir()
+        if self._history_task is not None:
+            self._history_task.cancel()
+        self.history_strip.clear_all()
+        self._history_task = self.tasks.spawn(history.load_history(folder, self.tasks, self.history_strip))
+
+    def show_history_image(self, path: str) -> None:
+        if self.canvas.path == path and not self.canvas.is_preview():
+            return
+        self.tasks.spawn(self._show_file(path))
+
+    async def _show_file(self, path: str) -> None:
+        image = await self.tasks.run(history.load_qimage, path)
+        meta = await self.tasks.run(read_params, path)
+        if image is None:
+            self.statusBar().showMessage(f"Could not open {Path(path).name}", 6000)
+            return
+        if not self.host.busy or not self.canvas.is_preview():
+            self.canvas_panel.show_file(image, path, _caption(path, meta))
+
+    def restore_current(self) -> None:
+        if self.canvas.path:
+            self.restore_from_file(self.canvas.path)
+
+    def restore_from_file(self, path: str) -> None:
+        self.tasks.spawn(self._restore(path))
+
+    async def _restore(self, path: str) -> None:
+        meta = await self.tasks.run(read_params, path)
+        if meta is None:
+            self.statusBar().showMessage(f"{Path(path).name} has no generation parameters", 6000)
+            return
+        self.apply_image_params(meta)
+
+    def open_output_folder(self) -> None:
+        folder = self.output_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+
+    # ------------------------------------------------------------------ dialogs
+    def show_error(self, title: str, text: str, offer_checkpoint: bool = False) -> QMessageBox:
+        """A non-blocking (window-modal, ``open()``ed) warning; also emitted as ``errorShown``."""
+        log.warning("%s: %s", title, text)
+        if self.message_box is not None:
+            self.message_box.close()
+        box = QMessageBox(QMessageBox.Icon.Warning, title, text, QMessageBox.StandardButton.Close, self)
+        box.setObjectName("errorBox")
+        if offer_checkpoint:
+            choose = box.addButton("Choose Checkpoint…", QMessageBox.ButtonRole.AcceptRole)
+            choose.clicked.connect(self.browse_checkpoint)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.finished.connect(self._message_box_closed)
+        self.message_box = box
+        box.open()
+        self.errorShown.emit(title, text)
+        return box
+
+    def _message_box_closed(self) -> None:
+        self.message_box = None
+
+    def show_settings(self) -> None:
+        dialog = SettingsDialog(SettingsValues.from_settings(self.settings), str(paths.outputs_dir(self.data_dir)),
+                                self)
+        dialog.accepted.connect(self._settings_accepted)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.settings_dialog = dialog
+        dialog.open()
+
+    def _settings_accepted(self) -> None:
+        self.apply_settings(self.settings_dialog.values())
+
+    def apply_settings(self, new: SettingsValues) -> None:
+        old = SettingsValues.from_settings(self.settings)
+        new.save(self.settings)
+        if new.output_dir != old.output_dir:
+            self.reload_history()
+        model_changed = (new.checkpoint, new.device, new.precision) != (self._checkpoint, old.device, old.precision)
+        if new.checkpoint and model_changed and not self.host.busy:
+            self.load_checkpoint(new.checkpoint, remember=False)
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, "About Inkpunk Studio",
+                          "<b>Inkpunk Studio</b><br>Stable Diffusion 1.x on your own machine, with a from-scratch "
+                          f"PyTorch engine.<br><br>Images: {self.output_dir()}<br>Data: {self.data_dir}")
+
+    # ------------------------------------------------------------------ session
+    def _restore_session(self) -> None:
+        geometry = self.settings.geometry()
+        if geometry is None or not self.restoreGeometry(geometry):
+            self.resize(QSize(1360, 880))
+        state = self.settings.window_state()
+        if state is not None:
+            self.restoreState(state)
+        last = self.settings.last_params()
+        if last:
+            self.set_params(GenerationParams.from_dict(last))
+
+    def _on_preset(self, name: str) -> None:
+        self.statusBar().showMessage(f"Preset: {name}", 3000)
+
+    def shutdown(self) -> None:
+        """Save the session, cancel any generation and stop the worker thread (waits for it). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.settings.save_window(self.saveGeometry(), self.saveState())
+            self.settings.save_last_params(self.current_params().to_dict())
+            self.settings.sync()
+        except Exception:  # never block closing on a settings problem
+            log.exception("could not save the session")
+        if self.first_run_dialog is not None:
+            self.first_run_dialog.cancel_download()
+        self.host.shutdown()
+        self.tasks.shutdown()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.shutdown()
+        super().closeEvent(event)

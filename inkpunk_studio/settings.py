@@ -1,0 +1,131 @@
+"""Persistent settings (QSettings) behind a small typed wrapper.
+
+With ``--data-dir`` the settings live in ``<data-dir>/settings.ini`` so a data folder is self-contained (tests,
+portable installs, the self-test); otherwise they use the platform's native store under the app/org names.
+Values read back are validated: a hand-edited or stale entry falls back to the default rather than crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QByteArray, QSettings
+
+from . import paths
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+class AppSettings:
+    """Typed access to the app's QSettings. Cheap to create; writes go straight to the store."""
+
+    def __init__(self, store: QSettings) -> None:
+        self._s = store
+
+    @classmethod
+    def for_data_dir(cls, override: str | Path | None) -> AppSettings:
+        """An ini file inside an explicit data folder, else the native per-user store."""
+        if override:
+            ini = paths.data_dir(override) / "settings.ini"
+            return cls(QSettings(str(ini), QSettings.Format.IniFormat))
+        return cls(QSettings(paths.ORG_NAME, paths.APP_NAME))
+
+    @property
+    def store(self) -> QSettings:
+        return self._s
+
+    def sync(self) -> None:
+        self._s.sync()
+
+    # --- helpers
+    def _str(self, key: str, default: str = "") -> str:
+        value = self._s.value(key, default)
+        return value if isinstance(value, str) else default
+
+    def _choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self._str(key, choices[0])
+        return value if value in choices else choices[0]
+
+    # --- model
+    @property
+    def checkpoint(self) -> str:
+        return self._str("model/checkpoint")
+
+    @checkpoint.setter
+    def checkpoint(self, value: str) -> None:
+        self._s.setValue("model/checkpoint", str(value or ""))
+
+    @property
+    def device(self) -> str:
+        return self._choice("model/device", DEVICES)
+
+    @device.setter
+    def device(self, value: str) -> None:
+        if value not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {value!r}")
+        self._s.setValue("model/device", value)
+
+    @property
+    def precision(self) -> str:
+        return self._choice("model/precision", PRECISIONS)
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+        self._s.setValue("model/precision", value)
+
+    # --- output and ui
+    @property
+    def output_dir(self) -> str:
+        """The chosen output folder, or "" for the default (<data>/outputs)."""
+        return self._str("output/folder")
+
+    @output_dir.setter
+    def output_dir(self, value: str) -> None:
+        self._s.setValue("output/folder", str(value or ""))
+
+    @property
+    def preview_enabled(self) -> bool:
+        value = self._s.value("ui/preview", True)
+        if isinstance(value, str):  # ini files give strings back
+            return value.lower() not in ("false", "0", "no", "off")
+        return bool(value)
+
+    @preview_enabled.setter
+    def preview_enabled(self, value: bool) -> None:
+        self._s.setValue("ui/preview", bool(value))
+
+    # --- window
+    def geometry(self) -> QByteArray | None:
+        value = self._s.value("window/geometry")
+        return value if isinstance(value, QByteArray) and not value.isEmpty() else None
+
+    def window_state(self) -> QByteArray | None:
+        value = self._s.value("window/state")
+        return value if isinstance(value, QByteArray) and not value.isEmpty() else None
+
+    def save_window(self, geometry: QByteArray, state: QByteArray) -> None:
+        self._s.setValue("window/geometry", geometry)
+        self._s.setValue("window/state", state)
+
+    def last_params(self) -> dict[str, Any]:
+        """The parameters of the last session as a plain dict ({} when none or unreadable)."""
+        raw = self._str("params/last")
+        if not raw:
+            return {}
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            log.warning("ignoring unreadable saved parameters")
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def save_last_params(self, params: dict[str, Any]) -> None:
+        self._s.setValue("params/last", json.dumps(params))

@@ -1,0 +1,236 @@
+"""Sampler, steps, CFG, seed (dice / recycle), size (multiples of 64 with aspect presets) and batch count.
+
+Every control only accepts valid values (ranges, a validator on the size boxes), so a Generate click always
+describes a request the engine accepts.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal
+from PySide6.QtGui import QAction, QValidator
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QMenu,
+    QSpinBox,
+    QToolButton,
+    QWidget,
+)
+
+from .seed_spin import RANDOM, SeedSpinBox
+
+SIZE_STEP = 64
+MIN_SIZE, MAX_SIZE = 64, 2048  # the engine's limits; the list offers 256..2048, smaller ones can be typed
+LISTED_SIZES = tuple(range(256, MAX_SIZE + 1, SIZE_STEP))
+ASPECT_PRESETS = (("Square", 512, 512), ("Portrait 2:3", 512, 768), ("Landscape 3:2", 768, 512),
+                  ("Portrait 3:4", 576, 768), ("Landscape 4:3", 768, 576), ("Wide 16:9", 896, 512))
+MAX_BATCH = 16
+
+
+def nearest_size(value: int) -> int:
+    """The closest allowed side length (multiple of 64 within 64..2048)."""
+    return max(MIN_SIZE, min(MAX_SIZE, round(value / SIZE_STEP) * SIZE_STEP))
+
+
+class SizeValidator(QValidator):
+    """Digits only; multiples of 64 in range are acceptable, prefixes of them are intermediate."""
+
+    def validate(self, text: str, pos: int) -> object:
+        if text == "":
+            return QValidator.State.Intermediate, text, pos
+        if not text.isdigit() or len(text) > 4:
+            return QValidator.State.Invalid, text, pos
+        value = int(text)
+        if MIN_SIZE <= value <= MAX_SIZE and value % SIZE_STEP == 0:
+            return QValidator.State.Acceptable, text, pos
+        if value <= MAX_SIZE:
+            return QValidator.State.Intermediate, text, pos
+        return QValidator.State.Invalid, text, pos
+
+    def fixup(self, text: str) -> str:
+        return str(nearest_size(int(text))) if text.isdigit() else text
+
+
+class SizeCombo(QComboBox):
+    """Editable combo of side lengths; ``value()`` is always a valid int."""
+
+    valueChanged = Signal(int)
+
+    def __init__(self, object_name: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName(object_name)
+        self.setEditable(True)
+        self.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        for size in LISTED_SIZES:
+            self.addItem(str(size))
+        self.setValidator(SizeValidator(self))
+        self._value = 512
+        self.setCurrentText("512")
+        self.currentTextChanged.connect(self._text_changed)
+        self.lineEdit().editingFinished.connect(self._finish_edit)
+
+    def value(self) -> int:
+        return self._value
+
+    def set_value(self, value: int) -> int:
+        """Show ``value`` rounded to the nearest allowed size; returns what was set."""
+        value = nearest_size(value)
+        self.setCurrentText(str(value))
+        self._text_changed(str(value))
+        return value
+
+    def _text_changed(self, text: str) -> None:
+        valid = text.isdigit() and MIN_SIZE <= int(text) <= MAX_SIZE and int(text) % SIZE_STEP == 0
+        if valid and int(text) != self._value:
+            self._value = int(text)
+            self.valueChanged.emit(self._value)
+
+    def _finish_edit(self) -> None:  # leaving a half-typed box shows the value in effect
+        if self.currentText() != str(self._value):
+            self.setCurrentText(str(self._value))
+
+
+class ParamsPanel(QWidget):
+    """The generation settings besides the prompts."""
+
+    def __init__(self, samplers: tuple[str, ...], display_names: dict[str, str],
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("paramsPanel")
+        self._last_seed: int | None = None
+
+        self.sampler_combo = QComboBox(self)
+        self.sampler_combo.setObjectName("samplerCombo")
+        for name in samplers:
+            self.sampler_combo.addItem(display_names.get(name, name), name)
+
+        self.steps_spin = QSpinBox(self)
+        self.steps_spin.setObjectName("stepsSpin")
+        self.steps_spin.setRange(1, 150)
+        self.steps_spin.setValue(25)
+
+        self.cfg_spin = QDoubleSpinBox(self)
+        self.cfg_spin.setObjectName("cfgSpin")
+        self.cfg_spin.setRange(1.0, 30.0)
+        self.cfg_spin.setSingleStep(0.5)
+        self.cfg_spin.setDecimals(1)
+        self.cfg_spin.setValue(7.5)
+        self.cfg_spin.setToolTip("Classifier-free guidance: how closely to follow the prompt (1 = off)")
+
+        self.seed_spin = SeedSpinBox(self)
+        self.seed_spin.setObjectName("seedSpin")
+        self.seed_spin.setToolTip("Random, or a fixed seed to repeat an image")
+        self.random_seed_button = self._tool_button("randomSeedButton", "🎲", "Random seed every time")
+        self.random_seed_button.clicked.connect(self.randomize_seed)
+        self.reuse_seed_button = self._tool_button("reuseSeedButton", "♻", "Reuse the last image's seed")
+        self.reuse_seed_button.clicked.connect(self.reuse_last_seed)
+        self.reuse_seed_button.setEnabled(False)
+
+        self.width_combo = SizeCombo("widthCombo", self)
+        self.height_combo = SizeCombo("heightCombo", self)
+        self.swap_button = self._tool_button("swapSizeButton", "⇄", "Swap width and height")
+        self.swap_button.clicked.connect(self.swap_size)
+        self.aspect_button = self._tool_button("aspectButton", "Aspect", "Size presets")
+        self.aspect_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        menu = QMenu(self.aspect_button)
+        for label, w, h in ASPECT_PRESETS:
+            action = QAction(f"{label}  ({w}×{h})", menu)
+            action.setData((w, h))
+            action.triggered.connect(self._aspect_chosen)
+            menu.addAction(action)
+        self.aspect_button.setMenu(menu)
+
+        self.batch_spin = QSpinBox(self)
+        self.batch_spin.setObjectName("batchSpin")
+        self.batch_spin.setRange(1, MAX_BATCH)
+        self.batch_spin.setToolTip("Images to make one after another (seed, seed + 1, …)")
+
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.setHorizontalSpacing(10)
+        form.setVerticalSpacing(6)
+        form.addRow("Sampler", self.sampler_combo)
+        form.addRow("Steps", self.steps_spin)
+        form.addRow("CFG scale", self.cfg_spin)
+        form.addRow("Seed", self._row(self.seed_spin, self.random_seed_button, self.reuse_seed_button))
+        form.addRow("Size", self._row(self.width_combo, self.swap_button, self.height_combo, self.aspect_button))
+        form.addRow("Images", self.batch_spin)
+
+    def _tool_button(self, name: str, text: str, tip: str) -> QToolButton:
+        button = QToolButton(self)
+        button.setObjectName(name)
+        button.setText(text)
+        button.setToolTip(tip)
+        return button
+
+    def _row(self, *widgets: QWidget) -> QWidget:
+        box = QWidget(self)
+        row = QHBoxLayout(box)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(4)
+        for i, widget in enumerate(widgets):
+            row.addWidget(widget, 1 if i == 0 or isinstance(widget, SizeCombo) else 0)
+        return box
+
+    # --- seed buttons
+    def randomize_seed(self) -> None:
+        self.seed_spin.setValue(RANDOM)
+
+    def reuse_last_seed(self) -> None:
+        if self._last_seed is not None:
+            self.seed_spin.setValue(self._last_seed)
+
+    def set_last_seed(self, seed: int) -> None:
+        self._last_seed = int(seed)
+        self.reuse_seed_button.setEnabled(True)
+        self.reuse_seed_button.setToolTip(f"Reuse the last image's seed ({seed})")
+
+    # --- size
+    def set_size(self, width: int, height: int) -> tuple[int, int]:
+        return self.width_combo.set_value(width), self.height_combo.set_value(height)
+
+    def swap_size(self) -> None:
+        self.set_size(self.height_combo.value(), self.width_combo.value())
+
+    def _aspect_chosen(self) -> None:
+        action = self.sender()
+        if isinstance(action, QAction):
+            self.set_size(*action.data())
+
+    # --- values
+    def values(self) -> dict:
+        return {"sampler": self.sampler_combo.currentData(), "steps": self.steps_spin.value(),
+                "cfg_scale": round(self.cfg_spin.value(), 2), "seed": self.seed_spin.seed(),
+                "width": self.width_combo.value(), "height": self.height_combo.value(),
+                "batch_count": self.batch_spin.value()}
+
+    def set_values(self, *, sampler: str | None = None, steps: int | None = None, cfg_scale: float | None = None,
+                   seed: int | None = None, width: int | None = None, height: int | None = None,
+                   batch_count: int | None = None, random_seed: bool = False) -> list[str]:
+        """Set what is given; returns notes about values that had to be adjusted to fit the controls."""
+        notes: list[str] = []
+        if sampler is not None:
+            index = self.sampler_combo.findData(sampler)
+            if index >= 0:
+                self.sampler_combo.setCurrentIndex(index)
+            else:
+                notes.append(f"sampler {sampler!r} is not available")
+        for spin, value, label in ((self.steps_spin, steps, "steps"), (self.batch_spin, batch_count, "images")):
+            if value is not None:
+                spin.setValue(int(value))
+                if spin.value() != int(value):
+                    notes.append(f"{label} {value} -> {spin.value()}")
+        if cfg_scale is not None:
+            self.cfg_spin.setValue(float(cfg_scale))
+            if abs(self.cfg_spin.value() - float(cfg_scale)) > 1e-6:
+                notes.append(f"CFG scale {cfg_scale} -> {self.cfg_spin.value()}")
+        if random_seed:
+            self.seed_spin.setValue(RANDOM)
+        elif seed is not None:
+            self.seed_spin.setValue(seed)
+        for combo, value, label in ((self.width_combo, width, "width"), (self.height_combo, height, "height")):
+            if value is not None and combo.set_value(int(value)) != int(value):
+                notes.append(f"{label} {value} -> {combo.value()}")
+        return notes

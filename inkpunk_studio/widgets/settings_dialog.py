@@ -1,0 +1,134 @@
+"""The Settings dialog: checkpoint, device, precision, output folder, live preview."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..settings import DEVICES, PRECISIONS, AppSettings
+
+CHECKPOINT_FILTER = "Stable Diffusion checkpoints (*.safetensors *.ckpt);;All files (*)"
+
+_DEVICE_LABELS = {"auto": "Automatic (CUDA, then Apple MPS, then CPU)", "cuda": "NVIDIA CUDA",
+                  "mps": "Apple Metal (MPS)", "cpu": "CPU"}
+_PRECISION_LABELS = {"auto": "Automatic (fp16 on GPU, fp32 on CPU)", "fp32": "fp32 (full)",
+                     "fp16": "fp16 (half)", "bf16": "bf16 (bfloat16)"}
+
+
+@dataclass
+class SettingsValues:
+    checkpoint: str
+    device: str
+    precision: str
+    output_dir: str
+    preview_enabled: bool
+
+    @classmethod
+    def from_settings(cls, settings: AppSettings) -> SettingsValues:
+        return cls(settings.checkpoint, settings.device, settings.precision, settings.output_dir,
+                   settings.preview_enabled)
+
+    def save(self, settings: AppSettings) -> None:
+        settings.checkpoint = self.checkpoint
+        settings.device = self.device
+        settings.precision = self.precision
+        settings.output_dir = self.output_dir
+        settings.preview_enabled = self.preview_enabled
+        settings.sync()
+
+
+class SettingsDialog(QDialog):
+    """Edits a :class:`SettingsValues`; the window saves and applies it when accepted."""
+
+    def __init__(self, values: SettingsValues, default_output: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("settingsDialog")
+        self.setWindowTitle("Settings")
+        self.setMinimumWidth(560)
+
+        self.checkpoint_edit = QLineEdit(values.checkpoint, self)
+        self.checkpoint_edit.setObjectName("checkpointEdit")
+        self.checkpoint_edit.setPlaceholderText("Path to a .safetensors or .ckpt file")
+        browse_checkpoint = QPushButton("Browse…", self)
+        browse_checkpoint.clicked.connect(self._browse_checkpoint)
+
+        self.device_combo = self._choices("deviceCombo", DEVICES, _DEVICE_LABELS, values.device)
+        self.precision_combo = self._choices("precisionCombo", PRECISIONS, _PRECISION_LABELS, values.precision)
+
+        self.output_edit = QLineEdit(values.output_dir, self)
+        self.output_edit.setObjectName("outputDirEdit")
+        self.output_edit.setPlaceholderText(default_output)
+        browse_output = QPushButton("Browse…", self)
+        browse_output.clicked.connect(self._browse_output)
+
+        self.preview_check = QCheckBox("Show a live preview at every step", self)
+        self.preview_check.setObjectName("previewCheck")
+        self.preview_check.setChecked(values.preview_enabled)
+
+        note = QLabel("Changing the checkpoint, device or precision reloads the model.", self)
+        note.setProperty("role", "hint")
+
+        form = QFormLayout()
+        form.addRow("Checkpoint", self._pair(self.checkpoint_edit, browse_checkpoint))
+        form.addRow("Device", self.device_combo)
+        form.addRow("Precision", self.precision_combo)
+        form.addRow("Output folder", self._pair(self.output_edit, browse_output))
+        form.addRow("", self.preview_check)
+
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel,
+                                   self)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(note)
+        layout.addWidget(buttons)
+
+    def _choices(self, name: str, keys: tuple[str, ...], labels: dict[str, str], current: str) -> QComboBox:
+        combo = QComboBox(self)
+        combo.setObjectName(name)
+        for key in keys:
+            combo.addItem(labels.get(key, key), key)
+        combo.setCurrentIndex(max(0, combo.findData(current)))
+        return combo
+
+    def _pair(self, edit: QLineEdit, button: QPushButton) -> QWidget:
+        box = QWidget(self)
+        row = QHBoxLayout(box)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(edit, 1)
+        row.addWidget(button)
+        return box
+
+    def _browse_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a checkpoint", self.checkpoint_edit.text(),
+                                              CHECKPOINT_FILTER)
+        if path:
+            self.checkpoint_edit.setText(path)
+
+    def _browse_output(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Output folder",
+                                                  self.output_edit.text() or self.output_edit.placeholderText())
+        if folder:
+            self.output_edit.setText(folder)
+
+    def values(self) -> SettingsValues:
+        return SettingsValues(checkpoint=self.checkpoint_edit.text().strip(),
+                              device=self.device_combo.currentData(),
+                              precision=self.precision_combo.currentData(),
+                              output_dir=self.output_edit.text().strip(),
+                              preview_enabled=self.preview_check.isChecked())
