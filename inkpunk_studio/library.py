@@ -26,7 +26,7 @@ from pathlib import Path
 from PIL import Image
 
 from .fileio import TEMP_PREFIX, atomic_write_bytes, remove_stale_temp_files
-from .imageload import ImageLoadError, load_image
+from .imageload import ImageLoadError, load_image, normalise
 from .metadata import ImageParams, png_bytes, read_params
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,8 @@ def _casefold(text: str | None) -> str:
 
 def make_thumbnail(image: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
     """PNG bytes of ``image`` shrunk to fit ``size`` x ``size``."""
-    thumb = image.convert("RGB")
+    thumb = image if image.mode == "RGB" else normalise(image)  # transparency on white, 16-bit scaled
+    thumb = thumb.copy()
     thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     thumb.save(buf, format="PNG", optimize=False)
@@ -109,7 +110,8 @@ class Library:
         self.db_path = self.folder / DB_NAME
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # guards _connections and _reserved
+        self._reserved: set[str] = set()
         self._closed = False
         self._db().executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
         self.last_repair = self.repair() if repair else RepairReport()
@@ -175,16 +177,26 @@ class Library:
             params = params or read_params(image) or ImageParams()
             picture = image
             data = png_bytes(image, params)
+        thumbnail = make_thumbnail(picture)
         created = time.time()
-        path = atomic_write_bytes(self._new_file_path(created, params.seed), data)
-        return self._insert(path, params, created, make_thumbnail(picture))
+        path = self._reserve_file_path(created, params.seed)
+        try:
+            atomic_write_bytes(path, data)
+            return self._insert(path, params, created, thumbnail)
+        finally:
+            with self._lock:
+                self._reserved.discard(path.name)
 
-    def _new_file_path(self, created: float, seed: int | None) -> Path:
+    def _reserve_file_path(self, created: float, seed: int | None) -> Path:
+        """A new file name from the time and seed, unique on disk, in the index and among this process'
+        adds in flight (two threads adding in the same millisecond)."""
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(created)) + f"-{int(created * 1000) % 1000:03d}"
         stem = f"{stamp}-{seed}" if seed is not None else stamp
         path, n = self.images_dir / f"{stem}.png", 1
-        while path.exists() or self._file_known(path.name):
-            path, n = self.images_dir / f"{stem}-{n}.png", n + 1
+        with self._lock:
+            while path.name in self._reserved or path.exists() or self._file_known(path.name):
+                path, n = self.images_dir / f"{stem}-{n}.png", n + 1
+            self._reserved.add(path.name)
         return path
 
     def _file_known(self, name: str) -> bool:

@@ -166,7 +166,7 @@ def test_threads_each_get_a_connection(lib: Library) -> None:
     def worker(n: int) -> None:
         try:
             for k in range(3):
-                lib.add(_img(), _params(f"thread {n}", seed=n * 10 + k))
+                lib.add(_img(), _params(f"thread {n} {k}", seed=7))  # same seed: same file name stems
                 lib.search("thread")
         except BaseException as e:  # noqa: BLE001 - collected and asserted below
             errors.append(e)
@@ -177,6 +177,10 @@ def test_threads_each_get_a_connection(lib: Library) -> None:
     for t in threads:
         t.join()
     assert errors == [] and lib.count() == 9
+    favorites = lib.search()
+    assert len({f.path for f in favorites}) == 9
+    for fav in favorites:  # no add overwrote another's file
+        assert read_params(fav.path) == fav.params
 
 
 def _run_child_and_kill(folder: Path, start_seed: int, rng: random.Random) -> list[int]:
