@@ -261,3 +261,11 @@ def test_remove_stale_temp_files(tmp_path: Path) -> None:
     os.utime(old, (1, 1))
     assert fileio.remove_stale_temp_files(tmp_path, older_than=60) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [new.name, keep.name]
+
+
+def test_display_names_match_the_engine() -> None:
+    """metadata keeps its own copy so reading metadata never imports torch; the two must agree."""
+    from engine.samplers import DISPLAY_NAMES as ENGINE_NAMES
+    from inkpunk_studio.metadata import DISPLAY_NAMES
+
+    assert DISPLAY_NAMES == ENGINE_NAMES
