@@ -164,8 +164,14 @@ def _metadata_globals(path: Path, error: BaseException) -> list[str]:
 
 
 def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
+    """The informative line of a torch.load error (not its advice to retry with weights_only=False)."""
+    text = str(e)
+    if m := re.search(r"(?:unsupported )?GLOBAL ([\w.]+)", text, re.IGNORECASE):
+        return (
+            f"refused: the pickle calls {m.group(1)}, which a weights file never needs (possibly malicious)"
+        )
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 def split_state_dict(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:

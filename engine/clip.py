@@ -19,6 +19,15 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
+class Embedding(nn.Embedding):
+    """nn.Embedding that skips random init on the meta device: the loader builds models there, and torch's
+    meta `normal_` imports torch._dynamo (seconds of start-up) for values that are replaced anyway."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 class SelfAttention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -61,8 +70,8 @@ class EncoderLayer(nn.Module):
 class Embeddings(nn.Module):
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
-        self.position_embedding = nn.Embedding(cfg.max_positions, cfg.width)
+        self.token_embedding = Embedding(cfg.vocab_size, cfg.width)
+        self.position_embedding = Embedding(cfg.max_positions, cfg.width)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         # Positions are always 0..N-1: the `position_ids` buffer some merged checkpoints store is corrupted
