@@ -204,31 +204,35 @@ class VAE(nn.Module):
             return self._decode_tiled(z)
         return self.decoder(self.post_quant_conv(z))
 
-    def _decode_tiled(self, z: torch.Tensor) -> torch.Tensor:
-        """Decode TILE-size tiles overlapping by TILE_OVERLAP, blended by linear ramps where they overlap."""
+    def _decode_tiled(self, z: torch.Tensor, tile: int = TILE, overlap: int = TILE_OVERLAP) -> torch.Tensor:
+        """Decode tile x tile latent patches overlapping by `overlap`, blended linearly where they meet.
+
+        Memory is bounded by the tile size, whatever the image size.
+        """
         s = self.config.downscale
         b, _, h, w = z.shape
         out = torch.zeros(b, self.config.out_channels, h * s, w * s, dtype=z.dtype, device=z.device)
         weight = torch.zeros(1, 1, h * s, w * s, dtype=z.dtype, device=z.device)
-        rows, cols = _tile_starts(h), _tile_starts(w)
+        rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
         log.debug("tiled VAE decode: %dx%d latents in %d tiles", h, w, len(rows) * len(cols))
         for y in rows:
             for x in cols:
-                th, tw = min(TILE, h - y), min(TILE, w - x)
-                tile = self.decoder(self.post_quant_conv(z[:, :, y : y + th, x : x + tw]))
-                wy = _ramp(th * s, TILE_OVERLAP * s, y > 0, y + th < h, z)
-                wx = _ramp(tw * s, TILE_OVERLAP * s, x > 0, x + tw < w, z)
+                th, tw = min(tile, h - y), min(tile, w - x)
+                part = self.decoder(self.post_quant_conv(z[:, :, y : y + th, x : x + tw]))
+                wy = _ramp(th * s, overlap * s, y > 0, y + th < h, z)
+                wx = _ramp(tw * s, overlap * s, x > 0, x + tw < w, z)
                 mask = wy[:, None] * wx[None, :]
-                out[:, :, y * s : (y + th) * s, x * s : (x + tw) * s] += tile * mask
+                out[:, :, y * s : (y + th) * s, x * s : (x + tw) * s] += part * mask
                 weight[:, :, y * s : (y + th) * s, x * s : (x + tw) * s] += mask
         return out / weight
 
 
-def _tile_starts(n: int) -> list[int]:
-    if n <= TILE:
+def tile_starts(n: int, tile: int = TILE, overlap: int = TILE_OVERLAP) -> list[int]:
+    """Start offsets of tiles covering 0..n, neighbours overlapping by at least `overlap`."""
+    if n <= tile:
         return [0]
-    starts = list(range(0, n - TILE, TILE - TILE_OVERLAP))
-    return [*starts, n - TILE]
+    starts = list(range(0, n - tile, tile - overlap))
+    return [*starts, n - tile]
 
 
 def _ramp(n: int, ramp: int, rise: bool, fall: bool, like: torch.Tensor) -> torch.Tensor:
