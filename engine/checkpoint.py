@@ -278,9 +278,11 @@ def build(
             f"{what}: shape mismatch for {k}: file {tuple(state[k].shape)}, "
             f"model {tuple(expected[k].shape)} ({len(bad)} mismatches)"
         )
-    converted = {
-        k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()
-    }
+    # Convert one tensor at a time and drop the file's copy as we go: peak memory stays ~ one model.
+    converted = {}
+    for k in list(state):
+        v = state.pop(k)
+        converted[k] = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
     module.load_state_dict(converted, strict=True, assign=True)
     return module.eval().requires_grad_(False)
 
