@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QDialog,
     QFileDialog,
@@ -282,6 +283,11 @@ class FirstRunDialog(QDialog):
                                   if kept else "Download cancelled.")
         self.status.setText(message)
         self.stateChanged.emit(state)
+
+    def showEvent(self, event: QShowEvent) -> None:  # opened again after a finished setup: start over
+        if self.state == "done":
+            self._set_state("choose")
+        super().showEvent(event)
 
     def done(self, result: int) -> None:  # closing while downloading stops the transfer (the .part stays)
         self.cancel_download()

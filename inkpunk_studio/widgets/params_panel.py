@@ -122,7 +122,7 @@ class ParamsPanel(QWidget):
         self.seed_spin = SeedSpinBox(self)
         self.seed_spin.setObjectName("seedSpin")
         self.seed_spin.setToolTip("Random, or a fixed seed to repeat an image")
-        self.random_seed_button = self._tool_button("randomSeedButton", "🎲", "Random seed every time")
+        self.random_seed_button = self._tool_button("randomSeedButton", "⚄", "Random seed every time")
         self.random_seed_button.clicked.connect(self.randomize_seed)
         self.reuse_seed_button = self._tool_button("reuseSeedButton", "♻", "Reuse the last image's seed")
         self.reuse_seed_button.clicked.connect(self.reuse_last_seed)
