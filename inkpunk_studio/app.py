@@ -13,37 +13,13 @@ import logging
 import sys
 from pathlib import Path
 
-from PySide6.QtGui import QColor, QIcon, QPalette
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QMainWindow
 
 from . import paths
+from .widgets.theme import apply_theme
 
 log = logging.getLogger(__name__)
-
-
-def apply_theme(app: QApplication) -> None:
-    """Fusion style, a dark palette (for what the style sheet doesn't reach) and resources/style.qss."""
-    app.setStyle("Fusion")
-    palette = QPalette()
-    colors = {
-        QPalette.ColorRole.Window: "#15131c", QPalette.ColorRole.WindowText: "#e8e6f0",
-        QPalette.ColorRole.Base: "#1d1a27", QPalette.ColorRole.AlternateBase: "#242033",
-        QPalette.ColorRole.Text: "#e8e6f0", QPalette.ColorRole.Button: "#242033",
-        QPalette.ColorRole.ButtonText: "#e8e6f0", QPalette.ColorRole.Highlight: "#ff2e97",
-        QPalette.ColorRole.HighlightedText: "#ffffff", QPalette.ColorRole.ToolTipBase: "#242033",
-        QPalette.ColorRole.ToolTipText: "#e8e6f0", QPalette.ColorRole.PlaceholderText: "#7d7891",
-        QPalette.ColorRole.Link: "#27e1ff", QPalette.ColorRole.BrightText: "#27e1ff",
-    }
-    for role, color in colors.items():
-        palette.setColor(role, QColor(color))
-    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText, QPalette.ColorRole.WindowText):
-        palette.setColor(QPalette.ColorGroup.Disabled, role, QColor("#6b6680"))
-    app.setPalette(palette)
-    qss = paths.resource_path("style.qss")
-    try:
-        app.setStyleSheet(qss.read_text(encoding="utf-8"))
-    except OSError as exc:
-        log.warning("no style sheet (%s); using the plain dark palette", exc)
 
 
 def _app_icon() -> QIcon | None:

@@ -387,7 +387,7 @@ class MainWindow(QMainWindow):
         if new.output_dir != old.output_dir:
             self.reload_history()
         model_changed = (new.checkpoint, new.device, new.precision) != (self._checkpoint, old.device, old.precision)
-        if new.checkpoint and model_changed and not self.host.busy:
+        if new.checkpoint and model_changed:  # while a job runs, the load waits behind it on the worker
             self.load_checkpoint(new.checkpoint, remember=False)
 
     def show_about(self) -> None:

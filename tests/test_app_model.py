@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QMessageBox, QPushButton
 
 from inkpunk_studio.first_run import DownloadCancelled, FirstRunDialog, download_file, part_path
 from inkpunk_studio.settings import AppSettings
-from inkpunk_studio.worker import AsyncTasks
+from inkpunk_studio.worker import AsyncTasks, GenerationJob, GenerationParams
 
 
 def test_broken_checkpoint_shows_the_error_and_a_good_one_works_after(qtbot, open_window, tiny_checkpoint, tmp_path):
@@ -184,3 +184,20 @@ def test_download_file_resumes_after_a_cancel(range_server, tmp_path):
     with pytest.raises(OSError, match="checksum"):
         download_file(range_server, other, lambda d, t: None, threading.Event(), sha256="0" * 64)
     assert not other.exists() and not part_path(other).exists()
+
+
+def test_a_failing_job_reports_the_engine_error_and_the_worker_stays_usable(qtbot, open_window, tiny_checkpoint,
+                                                                            tmp_path):
+    window = open_window(checkpoint=tiny_checkpoint)
+    # bypass the window's own validation: the worker must survive what the engine rejects
+    bad = GenerationParams(prompt="x", steps=1, width=100, height=64)
+    job = GenerationJob(params=bad, output_dir=tmp_path / "out")
+    with qtbot.waitSignal(window.errorShown, timeout=RUN_TIMEOUT_MS) as error:
+        assert window.host.generate(job)
+    assert error.args[0] == "Generation failed" and "width" in error.args[1]
+    assert not window.host.busy and window.findChild(QPushButton, "generateButton").isEnabled()
+    window.message_box.close()
+
+    set_small_params(window, steps=1)
+    with qtbot.waitSignal(window.generationFinished, timeout=RUN_TIMEOUT_MS):
+        window.generate()

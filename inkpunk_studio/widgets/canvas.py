@@ -8,7 +8,7 @@ call ``setAcceptDrops(True)``).
 
 from __future__ import annotations
 
-from PySide6.QtCore import QRect, QRectF, QSize, Qt, Signal
+from PySide6.QtCore import QRect, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPaintEvent, QPixmap
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
@@ -25,6 +25,7 @@ class Canvas(QWidget):
         self.setMinimumSize(256, 256)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent, False)
         self._pixmap: QPixmap | None = None
+        self._scaled: QPixmap | None = None  # _pixmap resampled to the painted size (cached per size)
         self._image: QImage | None = None
         self._is_preview = False
         self.path: str | None = None  # file of the image shown, when it is a saved one
@@ -41,6 +42,7 @@ class Canvas(QWidget):
 
     def clear(self) -> None:
         self._pixmap = None
+        self._scaled = None
         self._image = None
         self.path = None
         self._is_preview = False
@@ -64,6 +66,7 @@ class Canvas(QWidget):
     def _set(self, image: QImage, preview: bool, path: str | None) -> None:
         self._image = image
         self._pixmap = QPixmap.fromImage(image)  # GUI thread only
+        self._scaled = None
         self._is_preview = preview
         self.path = path
         self.update()
@@ -82,6 +85,16 @@ class Canvas(QWidget):
         y = (self.height() - size.height()) // 2
         return QRect(x, y, size.width(), size.height())
 
+    def _scaled_pixmap(self, size: QSize) -> QPixmap:
+        """The image resampled smoothly (bilinear, also when enlarging an 8x-small preview) to ``size``."""
+        ratio = self.devicePixelRatioF()
+        pixels = QSize(round(size.width() * ratio), round(size.height() * ratio))
+        if self._scaled is None or self._scaled.size() != pixels:
+            self._scaled = self._pixmap.scaled(pixels, Qt.AspectRatioMode.IgnoreAspectRatio,
+                                               Qt.TransformationMode.SmoothTransformation)
+            self._scaled.setDevicePixelRatio(ratio)
+        return self._scaled
+
     def paintEvent(self, event: QPaintEvent) -> None:
         painter = QPainter(self)
         painter.fillRect(self.rect(), self.palette().window())
@@ -90,8 +103,8 @@ class Canvas(QWidget):
             painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap,
                              self._placeholder)
             return
-        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
-        painter.drawPixmap(QRectF(self.image_rect()), self._pixmap, QRectF(self._pixmap.rect()))
+        target = self.image_rect()
+        painter.drawPixmap(target.topLeft(), self._scaled_pixmap(target.size()))
         if self._is_preview:
             painter.setPen(QColor(255, 255, 255, 170))
             painter.drawText(self.image_rect().adjusted(10, 8, -10, -8),
