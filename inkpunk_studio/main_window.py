@@ -90,15 +90,21 @@ class MainWindow(QMainWindow):
             QTimer.singleShot(0, self.show_first_run)
 
     # ------------------------------------------------------------------ building
+    @staticmethod
+    def _column(name: str, margins: tuple[int, int, int, int], spacing: int,
+                widgets: list[tuple[QWidget, int]]) -> QWidget:
+        box = QWidget()
+        box.setObjectName(name)
+        layout = QVBoxLayout(box)
+        layout.setContentsMargins(*margins)
+        layout.setSpacing(spacing)
+        for widget, stretch in widgets:
+            layout.addWidget(widget, stretch)
+        return box
+
     def _build_layout(self) -> None:
-        sidebar = QWidget()
-        sidebar.setObjectName("sidebar")
-        side = QVBoxLayout(sidebar)
-        side.setContentsMargins(14, 14, 14, 14)
-        side.setSpacing(12)
-        side.addWidget(self.prompt_panel, 1)
-        side.addWidget(self.params_panel)
-        side.addWidget(self.run_bar)
+        sidebar = self._column("sidebar", (14, 14, 14, 14), 12,
+                               [(self.prompt_panel, 1), (self.params_panel, 0), (self.run_bar, 0)])
         scroll = QScrollArea()
         scroll.setObjectName("sidebarScroll")
         scroll.setWidget(sidebar)
@@ -106,13 +112,7 @@ class MainWindow(QMainWindow):
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setMinimumWidth(360)
 
-        right = QWidget()
-        right.setObjectName("stage")
-        stage = QVBoxLayout(right)
-        stage.setContentsMargins(10, 10, 14, 10)
-        stage.setSpacing(8)
-        stage.addWidget(self.canvas_panel, 1)
-        stage.addWidget(self.history_strip)
+        right = self._column("stage", (10, 10, 14, 10), 8, [(self.canvas_panel, 1), (self.history_strip, 0)])
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.setObjectName("mainSplitter")
@@ -244,16 +244,14 @@ class MainWindow(QMainWindow):
 
     def _on_cancelled(self, saved: list) -> None:
         self._back_to_idle()
-        if self.canvas.is_preview():
-            self.canvas.clear()
+        self.canvas.discard_preview()
         kept = f" ({len(saved)} finished image{'s' * (len(saved) != 1)} kept)" if saved else ""
         self.statusBar().showMessage("Cancelled" + kept, 6000)
         self.generationCancelled.emit()
 
     def _on_failed(self, message: str) -> None:
         self._back_to_idle()
-        if self.canvas.is_preview():
-            self.canvas.clear()
+        self.canvas.discard_preview()
         self.show_error("Generation failed", message)
 
     def _back_to_idle(self) -> None:

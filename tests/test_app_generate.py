@@ -89,8 +89,16 @@ def test_cancel_mid_run_returns_to_idle_quickly_and_saves_nothing(qtbot, open_wi
 
     # the worker is still usable
     set_small_params(window, steps=1)
-    with qtbot.waitSignal(window.generationFinished, timeout=RUN_TIMEOUT_MS):
+    with qtbot.waitSignal(window.generationFinished, timeout=RUN_TIMEOUT_MS) as finished:
         window.generate()
+    # cancelling again puts the last finished image back in place of the preview
+    set_small_params(window, steps=100)
+    steps.clear()
+    assert window.generate()
+    qtbot.waitUntil(lambda: len(steps) >= 1 and window.canvas.is_preview(), timeout=RUN_TIMEOUT_MS)
+    with qtbot.waitSignal(window.generationCancelled, timeout=5_000):
+        window.findChild(QPushButton, "cancelButton").click()
+    assert window.canvas.path == finished.args[0][0] and not window.canvas.is_preview()
 
 
 def test_closing_during_a_run_cancels_and_stops_the_thread(qtbot, qtlog, open_window, tiny_checkpoint, tmp_path):

@@ -29,12 +29,25 @@ class Canvas(QWidget):
         self._image: QImage | None = None
         self._is_preview = False
         self.path: str | None = None  # file of the image shown, when it is a saved one
+        self._before_preview: tuple[QImage, str | None] | None = None  # what previews replaced
         self._placeholder = "Type a prompt and press Generate (Ctrl+Enter)"
 
     # --- content
     def set_preview(self, image: QImage) -> None:
         """A live step preview (latent resolution, scaled up when painted)."""
+        if not self._is_preview:
+            self._before_preview = (self._image, self.path) if self._image is not None else None
         self._set(image, preview=True, path=None)
+
+    def discard_preview(self) -> None:
+        """Drop a preview left by a cancelled or failed run: show what was there before it."""
+        if not self._is_preview:
+            return
+        before, self._before_preview = self._before_preview, None
+        if before is None:
+            self.clear()
+        else:
+            self._set(before[0], preview=False, path=before[1])
 
     def set_image(self, image: QImage, path: str | None = None) -> None:
         """A finished image, optionally the file it was saved to."""
