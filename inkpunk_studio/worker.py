@@ -234,7 +234,24 @@ class GenerationWorker(QObject):
                             "preview": preview})
 
 
-_LIVE_HOSTS: weakref.WeakSet[WorkerHost] = weakref.WeakSet()
+class _Running:
+    """What must outlive the host until the thread is stopped: the thread, the worker, the current job."""
+
+    def __init__(self, thread: QThread, worker: GenerationWorker) -> None:
+        self.thread = thread
+        self.worker = worker
+        self.job: GenerationJob | None = None
+
+    def stop(self) -> None:
+        """Cancel the job, end the thread's loop and wait for it (the job stops within a step)."""
+        if self.job is not None:
+            self.job.cancel.set()
+        try:
+            if self.thread.isRunning():
+                self.thread.quit()
+                self.thread.wait()
+        except RuntimeError:  # the C++ thread is already gone (interpreter teardown)
+            pass
 
 
 class WorkerHost(QObject):
@@ -262,12 +279,14 @@ class WorkerHost(QObject):
         self.state = "none"
         self.model_info: dict = {}
         self.busy = False
-        self._job: GenerationJob | None = None
         self._thread = QThread()
         self._thread.setObjectName("InkpunkWorkerThread")
         self._worker = GenerationWorker()
         self._worker.moveToThread(self._thread)
-        self._thread.finished.connect(self._worker.deleteLater)
+        self._running = _Running(self._thread, self._worker)
+        # shutdown() runs this once; so does garbage collection of a host nobody shut down, and interpreter
+        # exit: a QThread destroyed while running aborts the process.
+        self._stop = weakref.finalize(self, _Running.stop, self._running)
         self._requestLoad.connect(self._worker.load_model)
         self._requestGenerate.connect(self._worker.generate)
         self._worker.modelLoaded.connect(self._on_model_loaded)
@@ -278,7 +297,6 @@ class WorkerHost(QObject):
         self._worker.cancelled.connect(self._on_cancelled)
         self._worker.failed.connect(self._on_failed)
         self._thread.start()
-        _LIVE_HOSTS.add(self)
 
     # --- requests from the GUI
     def load_model(self, path: str | Path, device: str = "auto", dtype: str = "auto") -> None:
@@ -292,21 +310,18 @@ class WorkerHost(QObject):
         """Queue a job (it waits behind a model that is still loading). False if it can't run now."""
         if not self.can_generate() or not self._thread.isRunning():
             return False
-        self._job = job
+        self._running.job = job
         self._set_busy(True)
         self._requestGenerate.emit(job)
         return True
 
     def cancel(self) -> None:
-        if self._job is not None:
-            self._job.cancel.set()
+        if self._running.job is not None:
+            self._running.job.cancel.set()
 
     def shutdown(self) -> None:
         """Cancel any job, stop the thread and wait for it. Safe to call twice."""
-        self.cancel()
-        if self._thread.isRunning():
-            self._thread.quit()
-            self._thread.wait()
+        self._stop()
 
     def is_running(self) -> bool:
         return self._thread.isRunning()
@@ -348,7 +363,7 @@ class WorkerHost(QObject):
         self.failed.emit(message)
 
     def _end_job(self) -> None:
-        self._job = None
+        self._running.job = None
         self._set_busy(False)
 
     def _set_state(self, state: str, message: str) -> None:
@@ -359,15 +374,6 @@ class WorkerHost(QObject):
         if busy != self.busy:
             self.busy = busy
             self.busyChanged.emit(busy)
-
-
-@atexit.register
-def _stop_live_workers() -> None:  # safety net: never let a QThread be destroyed while running
-    for host in list(_LIVE_HOSTS):
-        try:
-            host.shutdown()
-        except RuntimeError:  # the C++ object is already gone
-            pass
 
 
 # ---------------------------------------------------------------- asyncio side

@@ -128,3 +128,22 @@ def test_generate_waits_for_a_model_that_is_still_loading(qtbot, open_window, ti
         assert window.generate()  # queued behind the load on the worker thread
     assert window.host.state == "ready"
     assert window.model_label.text().startswith("Model ready: tiny (cpu, ")
+
+
+def test_a_worker_host_dropped_without_shutdown_still_stops_its_thread(qtbot, tiny_checkpoint, tmp_path):
+    import gc
+
+    from inkpunk_studio.worker import GenerationJob, GenerationParams, WorkerHost
+
+    host = WorkerHost()
+    host.load_model(tiny_checkpoint, dtype="fp32")
+    steps = []
+    host.progress.connect(steps.append)
+    job = GenerationJob(GenerationParams(prompt="x", steps=200, width=64, height=64), output_dir=tmp_path / "out")
+    assert host.generate(job)
+    qtbot.waitUntil(lambda: len(steps) >= 1, timeout=RUN_TIMEOUT_MS)
+    thread = host._thread
+    del host
+    gc.collect()  # the finalizer cancels the job and waits for the thread
+    assert job.cancel.is_set() and thread.isFinished()
+    assert pngs(tmp_path / "out") == []
