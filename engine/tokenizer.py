@@ -12,6 +12,11 @@ from pathlib import Path
 
 import torch
 
+# Imported here, once, from its own module: a lazy `from transformers import CLIPTokenizer` inside __init__
+# raced when two threads built their first tokenizer at once ("cannot import name 'CLIPTokenizer'"), and
+# the concrete module path is also what PyInstaller's analysis can follow.
+from transformers.models.clip.tokenization_clip import CLIPTokenizer
+
 from engine.assets import tokenizer_files
 
 MAX_LENGTH = 77
@@ -20,8 +25,6 @@ WINDOW = MAX_LENGTH - 2  # tokens per chunk between BOS and EOS
 
 class Tokenizer:
     def __init__(self, vocab_file: str | Path | None = None, merges_file: str | Path | None = None):
-        from transformers import CLIPTokenizer
-
         if vocab_file is None or merges_file is None:
             vocab_file, merges_file = tokenizer_files()
         self._tok = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=MAX_LENGTH)
@@ -32,7 +35,7 @@ class Tokenizer:
     def _ids(self, text: str) -> list[int]:
         """Token ids without BOS/EOS; no length limit (so no overflow warning either)."""
         if not isinstance(text, str):
-            raise ValueError(f"prompt must be a string, got {type(text).__name__}")
+            raise TypeError(f"prompt must be a string, got {type(text).__name__}")
         return self._tok(text, add_special_tokens=False, verbose=False).input_ids
 
     def _window(self, ids: list[int]) -> list[int]:
@@ -63,7 +66,7 @@ class Tokenizer:
 
 def _as_list(texts: list[str]) -> list[str]:
     if isinstance(texts, str):
-        raise ValueError("expected a list of prompts, got a single string")
+        raise TypeError("expected a list of prompts, got a single string")
     texts = list(texts)
     if not texts:
         raise ValueError("expected at least one prompt")

@@ -67,7 +67,9 @@ def test_count_tokens(tok):
 
 
 def test_bad_input(tok):
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError):
         tok("a single string, not a list")
+    with pytest.raises(TypeError):
+        tok([None])
     with pytest.raises(ValueError):
         tok([])
