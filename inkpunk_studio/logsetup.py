@@ -20,6 +20,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import tempfile
 import threading
 import traceback
 from pathlib import Path
@@ -87,19 +88,20 @@ def _ensure_std_streams() -> None:
 
 
 def _open_log_file(log_dir: Path) -> Path:
-    try:
-        log_dir.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        import tempfile
-
-        log_dir = Path(tempfile.gettempdir()) / APP_NAME
-        log_dir.mkdir(parents=True, exist_ok=True)
-    path = (log_dir / LOG_FILE_NAME).resolve()
-    if _state.file_handler is not None and _state.log_path == path:
-        return path
-    handler = logging.handlers.RotatingFileHandler(
-        path, maxBytes=2 * 1024 * 1024, backupCount=3, encoding="utf-8", delay=False
-    )
+    # An unwritable folder (read-only home, odd sandbox) falls back to the temp folder.
+    for folder in (log_dir, Path(tempfile.gettempdir()) / APP_NAME):
+        path = (folder / LOG_FILE_NAME).resolve()
+        if _state.file_handler is not None and _state.log_path == path:
+            return path
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handler = logging.handlers.RotatingFileHandler(
+                path, maxBytes=2 * 1024 * 1024, backupCount=3, encoding="utf-8"
+            )
+            break
+        except OSError:
+            if folder != log_dir:
+                raise
     handler.setFormatter(logging.Formatter(_FORMAT))
     root = logging.getLogger()
     if _state.file_handler is not None:
@@ -108,7 +110,7 @@ def _open_log_file(log_dir: Path) -> Path:
     root.addHandler(handler)
     _state.file_handler = handler
     _state.log_path = path
-    _enable_faulthandler(log_dir)
+    _enable_faulthandler(path.parent)
     log.info("Inkpunk Studio log started (pid %d, Python %s)", os.getpid(), sys.version.split()[0])
     return path
 
