@@ -133,7 +133,7 @@ def test_wheel_contains_code_tokenizer_and_resources(wheel: Path) -> None:
 
 
 def test_installed_wheel_finds_its_resources(wheel: Path, tmp_path: Path) -> None:
-    """A regular (non-editable) install finds the icon and the tokenizer files without the source tree."""
+    """A regular (non-editable) install finds the icon and the engine its tokenizer, without the source tree."""
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
@@ -141,15 +141,16 @@ def test_installed_wheel_finds_its_resources(wheel: Path, tmp_path: Path) -> Non
         timeout=300,
     )
     code = (
-        "import sys, inkpunk_studio, inkpunk_assets, inkpunk_resources\n"
+        "import sys, inkpunk_studio\n"
         "from pathlib import Path\n"
         "from inkpunk_studio import paths\n"
         "site = Path(sys.argv[1]).resolve()\n"
         "assert Path(inkpunk_studio.__file__).resolve().is_relative_to(site), inkpunk_studio.__file__\n"
         "icon = paths.resource_path('icon.png').resolve()\n"
         "assert icon.is_file() and icon.is_relative_to(site), icon\n"
-        "tok = Path(inkpunk_assets.__file__).parent / 'tokenizer'\n"
-        "assert (tok / 'vocab.json').is_file() and (tok / 'merges.txt').is_file()\n"
+        "from engine.assets import tokenizer_files\n"
+        "vocab, merges = tokenizer_files()\n"
+        "assert vocab.resolve().is_relative_to(site) and merges.is_file(), vocab\n"
         "print('ok')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
