@@ -1,9 +1,10 @@
 """The main window: a composition of focused widgets around one WorkerHost.
 
-Layout: a sidebar (prompts, parameters, Generate/Cancel with progress) on the left; on the right the canvas
-with its toolbar row and, below it, the history strip. The window only wires things together: widgets emit
-what the person did, the window turns it into a GenerationParams/GenerationJob for the WorkerHost, and the
-host's plain-data signals come back to widget methods.
+Layout: a sidebar (prompts, the img2img init image, parameters, Generate/Cancel with progress) on the left;
+in the middle the canvas with its toolbar row (restore, star, library) and, below it, the history strip; the
+favorites Library in a dock on the right. The window only wires things together: widgets emit what the
+person did, the window turns it into a GenerationParams/GenerationJob for the WorkerHost, and the host's
+plain-data signals come back to widget methods. Favorites are wired by :class:`FavoritesController`.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from PySide6.QtWidgets import (
 import engine
 
 from . import history, paths
+from .favorites import FavoritesController, library_dir
 from .first_run import CHECKPOINT_FILTER, FirstRunDialog
 from .metadata import DISPLAY_NAMES, ImageParams, read_params
 from .settings import AppSettings
 from .widgets.canvas import CanvasPanel
 from .widgets.history_strip import HistoryStrip
+from .widgets.init_image_panel import InitImagePanel
 from .widgets.params_panel import ParamsPanel
 from .widgets.prompt_panel import PromptPanel, load_presets
 from .widgets.run_bar import RunBar
@@ -69,11 +72,13 @@ class MainWindow(QMainWindow):
         self.tasks = AsyncTasks()
         self.host = WorkerHost(self)
         self.prompt_panel = PromptPanel(self.tasks, load_presets(paths.resource_path("presets.json")))
+        self.init_panel = InitImagePanel(self.tasks)
         self.params_panel = ParamsPanel(engine.SAMPLERS, engine.DISPLAY_NAMES)
         self.run_bar = RunBar()
         self.canvas_panel = CanvasPanel()
         self.canvas = self.canvas_panel.canvas
         self.history_strip = HistoryStrip()
+        self.favorites = FavoritesController(self, library_dir(self.data_dir))
         self.model_label = QLabel("No model")
         self.model_label.setObjectName("modelStatusLabel")
         self._build_layout()
@@ -81,6 +86,7 @@ class MainWindow(QMainWindow):
         self._connect()
 
         self._restore_session()
+        self.prompt_panel.prompt_edit.setFocus()  # type at once (not in the Library's search box)
         self.reload_history()
         self._checkpoint = checkpoint or settings.checkpoint
         if self._checkpoint:
@@ -104,7 +110,8 @@ class MainWindow(QMainWindow):
 
     def _build_layout(self) -> None:
         sidebar = self._column("sidebar", (14, 14, 14, 14), 12,
-                               [(self.prompt_panel, 1), (self.params_panel, 0), (self.run_bar, 0)])
+                               [(self.prompt_panel, 1), (self.init_panel, 0), (self.params_panel, 0),
+                                (self.run_bar, 0)])
         scroll = QScrollArea()
         scroll.setObjectName("sidebarScroll")
         scroll.setWidget(sidebar)
@@ -121,6 +128,10 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setSizes([400, 900])
         self.setCentralWidget(self.splitter)
+        self.canvas_panel.add_tool_widget(self.favorites.star_button)
+        self.canvas_panel.add_tool_widget(self.favorites.library_button)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.favorites.dock)
+        self.resizeDocks([self.favorites.dock], [340], Qt.Orientation.Horizontal)
         self.statusBar().addPermanentWidget(self.model_label)
 
     def _action(self, text: str, slot, shortcuts=(), name: str = "") -> QAction:
@@ -149,7 +160,18 @@ class MainWindow(QMainWindow):
         run_menu.addAction(self.generate_action)
         run_menu.addAction(self.cancel_action)
         run_menu.addAction(self._action("Restore Parameters", self.restore_current, ["Ctrl+R"], "restoreAction"))
+        run_menu.addSeparator()
+        self.favorite_action = self._action("Add to Favorites", self.favorites.add_current, ["Ctrl+D"],
+                                            "favoriteAction")
+        run_menu.addAction(self.favorite_action)
+        run_menu.addAction(self._action("Use as Init Image", self.use_current_as_init, ["Ctrl+I"],
+                                        "useAsInitAction"))
+        run_menu.addAction(self._action("Open Init Image…", self.init_panel.choose_file, ["Ctrl+Shift+O"],
+                                        "openInitImageAction"))
+        run_menu.addAction(self._action("Clear Init Image", self.init_panel.clear, name="clearInitAction"))
         self.image_menu = run_menu
+        view_menu = self.menuBar().addMenu("&View")
+        view_menu.addAction(self.favorites.toggle_action)
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction(self._action("About Inkpunk Studio", self.show_about, name="aboutAction"))
 
@@ -166,16 +188,25 @@ class MainWindow(QMainWindow):
         self.history_strip.imageSelected.connect(self.show_history_image)
         self.canvas_panel.restoreRequested.connect(self.restore_from_file)
         self.prompt_panel.presetApplied.connect(self._on_preset)
+        self.canvas.dropped.connect(self.init_panel.load)
+        self.canvas.dropRejected.connect(self._show_status)
+        self.init_panel.loadFailed.connect(self._show_status)
+        self.init_panel.imageSet.connect(self._on_init_image_set)
+        self.init_panel.restoreRequested.connect(self.apply_image_params)
+        self.init_panel.cleared.connect(lambda: self._show_status("Init image cleared: back to text-to-image"))
+        self.favorites.install_history_menu(self.history_strip)
 
     # ------------------------------------------------------------------ parameters
     def current_params(self) -> GenerationParams:
-        """What the panels describe now. (img2img: extend here with the init image and strength.)"""
+        """What the panels describe now; with an init image, img2img (the image fitted to the chosen size)."""
         values = self.params_panel.values()
+        init = self.init_panel.fitted(values["width"], values["height"])
         return GenerationParams(prompt=self.prompt_panel.prompt(), negative_prompt=self.prompt_panel.negative_prompt(),
-                                **values)
+                                init_image=init, strength=self.init_panel.strength(), **values)
 
     def set_params(self, params: GenerationParams) -> list[str]:
         self.prompt_panel.set_prompts(params.prompt, params.negative_prompt)
+        self.init_panel.set_strength(params.strength)
         return self.params_panel.set_values(sampler=params.sampler, steps=params.steps, cfg_scale=params.cfg_scale,
                                             seed=params.seed, random_seed=params.seed is None, width=params.width,
                                             height=params.height, batch_count=params.batch_count)
@@ -186,6 +217,8 @@ class MainWindow(QMainWindow):
         notes = self.params_panel.set_values(sampler=meta.sampler, steps=meta.steps, cfg_scale=meta.cfg_scale,
                                              seed=meta.seed, random_seed=meta.seed is None, width=meta.width,
                                              height=meta.height)
+        if meta.strength is not None:
+            self.init_panel.set_strength(meta.strength)
         message = "Parameters restored" + (f" (adjusted: {'; '.join(notes)})" if notes else "")
         self.statusBar().showMessage(message, 6000)
         return notes
@@ -329,7 +362,8 @@ class MainWindow(QMainWindow):
             self.canvas_panel.show_file(image, path, _caption(path, meta))
 
     def restore_current(self) -> None:
-        if self.canvas.path:
+        """Ctrl+R: the selected favorite while the Library has the focus, else the image on the canvas."""
+        if not self.favorites.restore_selected() and self.canvas.path:
             self.restore_from_file(self.canvas.path)
 
     def restore_from_file(self, path: str) -> None:
@@ -341,6 +375,27 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"{Path(path).name} has no generation parameters", 6000)
             return
         self.apply_image_params(meta)
+
+    # ------------------------------------------------------------ img2img
+    def use_as_init_image(self, path: str) -> None:
+        self.init_panel.load(path)
+
+    def use_current_as_init(self) -> None:
+        """Ctrl+I: the selected favorite while the Library has the focus, else the image on the canvas."""
+        if self.favorites.init_image_selected():
+            return
+        if self.canvas.path and not self.canvas.is_preview():
+            self.use_as_init_image(self.canvas.path)
+        else:
+            self._show_status("No finished image on the canvas: drop a picture on it instead")
+
+    def _on_init_image_set(self, name: str, meta: ImageParams | None) -> None:
+        offer = " It carries generation parameters: “Use its parameters” restores them." if meta else ""
+        self._show_status(f"Init image: {name} (img2img, strength {self.init_panel.strength():.2f}).{offer}",
+                          12000 if meta else 6000)
+
+    def _show_status(self, message: str, msecs: int = 8000) -> None:
+        self.statusBar().showMessage(message, msecs)
 
     def open_output_folder(self) -> None:
         folder = self.output_dir()
@@ -422,6 +477,7 @@ class MainWindow(QMainWindow):
         if self.first_run_dialog is not None:
             self.first_run_dialog.cancel_download()
         self.host.shutdown()
+        self.favorites.close()
         self.tasks.shutdown()
 
     def closeEvent(self, event: QCloseEvent) -> None:

@@ -1,22 +1,78 @@
 """The canvas: shows the live per-step preview (scaled up smoothly) and then the finished image.
 
-:class:`Canvas` only paints. :class:`CanvasPanel` puts a toolbar row above it; other features add their
-buttons there with :meth:`CanvasPanel.add_tool_widget` (e.g. the favorites star) and drag-and-drop goes on
-the Canvas itself (override ``dragEnterEvent``/``dropEvent`` in a subclass or install an event filter and
-call ``setAcceptDrops(True)``).
+:class:`Canvas` paints and takes drops: an image file, a URL to a local file, or image data dropped on it is
+handed on as ``dropped(source, name)`` (the window makes it the init image; loading and checking happen
+there, off the GUI thread). :class:`CanvasPanel` puts a toolbar row above it; other features add their
+buttons there with :meth:`CanvasPanel.add_tool_widget` (e.g. the favorites star).
 """
 
 from __future__ import annotations
 
-from PySide6.QtCore import QRect, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QPainter, QPaintEvent, QPixmap
+from PySide6.QtCore import QMimeData, QRect, QSize, Qt, QUrl, Signal
+from PySide6.QtGui import (
+    QColor,
+    QDragEnterEvent,
+    QDragLeaveEvent,
+    QDropEvent,
+    QImage,
+    QPainter,
+    QPaintEvent,
+    QPen,
+    QPixmap,
+)
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+
+# Raw encoded formats first: their bytes keep the file's metadata (a PNG's parameters chunk).
+_RAW_IMAGE_TYPES = ("image/png", "image/webp", "image/jpeg", "image/bmp", "image/gif", "image/tiff")
+
+
+def drop_source(mime: QMimeData) -> tuple[str | bytes | QImage, str] | None:
+    """What a drop offers as an image: ``(local file path | encoded bytes | QImage, display name)``.
+
+    Local files (also given as ``file://`` URLs) come first, then encoded image data, then Qt's decoded
+    image. Raises ``ValueError`` (message for the person) for URLs that aren't local files; ``None`` when
+    the drop holds nothing image-like at all. Whether the file *is* a usable image is decided when loading.
+    """
+    if mime.hasUrls():
+        urls = [url for url in mime.urls() if url.isValid()]
+        local = [url for url in urls if url.isLocalFile()]
+        if local:
+            return local[0].toLocalFile(), local[0].fileName() or local[0].toLocalFile()
+        if urls and not _has_image_data(mime):
+            raise ValueError(f"Only files on this computer can be dropped, not {_short_url(urls[0])}.")
+    for kind in _RAW_IMAGE_TYPES:
+        if mime.hasFormat(kind):
+            data = bytes(mime.data(kind).data())
+            if data:
+                return data, "dropped image"
+    if mime.hasImage():
+        image = mime.imageData()
+        if isinstance(image, QImage) and not image.isNull():
+            return image, "dropped image"
+        if isinstance(image, QPixmap) and not image.isNull():
+            return image.toImage(), "dropped image"
+    return None
+
+
+def _has_image_data(mime: QMimeData) -> bool:
+    return mime.hasImage() or any(mime.hasFormat(kind) for kind in _RAW_IMAGE_TYPES)
+
+
+def _short_url(url: QUrl) -> str:
+    text = url.toDisplayString()
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 class Canvas(QWidget):
-    """Paints one image, fitted into the widget with its aspect ratio, smoothly scaled (objectName canvas)."""
+    """Paints one image, fitted into the widget with its aspect ratio, smoothly scaled (objectName canvas).
+
+    Accepts drops of image files, local file URLs and image data: ``dropped(source, name)`` with ``source``
+    a file path, encoded bytes or a QImage; ``dropRejected(message)`` for drops it can tell are unusable.
+    """
 
     imageChanged = Signal()
+    dropped = Signal(object, str)
+    dropRejected = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -30,7 +86,10 @@ class Canvas(QWidget):
         self._is_preview = False
         self.path: str | None = None  # file of the image shown, when it is a saved one
         self._before_preview: tuple[QImage, str | None] | None = None  # what previews replaced
-        self._placeholder = "Type a prompt and press Generate (Ctrl+Enter)"
+        self._placeholder = ("Type a prompt and press Generate (Ctrl+Enter)\n\n"
+                             "Drop a picture here to start from it (img2img)")
+        self._drag_hover = False
+        self.setAcceptDrops(True)
 
     # --- content
     def set_preview(self, image: QImage) -> None:
@@ -85,6 +144,39 @@ class Canvas(QWidget):
         self.update()
         self.imageChanged.emit()
 
+    # --- drops
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        mime = event.mimeData()
+        if mime.hasUrls() or _has_image_data(mime):
+            event.acceptProposedAction()
+            self._set_drag_hover(True)
+        else:
+            event.ignore()
+
+    def dragLeaveEvent(self, event: QDragLeaveEvent) -> None:
+        self._set_drag_hover(False)
+        super().dragLeaveEvent(event)
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        self._set_drag_hover(False)
+        try:
+            found = drop_source(event.mimeData())
+        except ValueError as exc:
+            event.ignore()
+            self.dropRejected.emit(str(exc))
+            return
+        if found is None:
+            event.ignore()
+            self.dropRejected.emit("Nothing to use there: drop an image file or image data.")
+            return
+        event.acceptProposedAction()
+        self.dropped.emit(*found)
+
+    def _set_drag_hover(self, on: bool) -> None:
+        if on != self._drag_hover:
+            self._drag_hover = on
+            self.update()
+
     # --- painting
     def sizeHint(self) -> QSize:
         return QSize(640, 640)
@@ -113,15 +205,26 @@ class Canvas(QWidget):
         painter.fillRect(self.rect(), self.palette().window())
         if self._pixmap is None:
             painter.setPen(QColor("#6f6a80"))
-            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap,
-                             self._placeholder)
-            return
-        target = self.image_rect()
-        painter.drawPixmap(target.topLeft(), self._scaled_pixmap(target.size()))
-        if self._is_preview:
-            painter.setPen(QColor(255, 255, 255, 170))
-            painter.drawText(self.image_rect().adjusted(10, 8, -10, -8),
-                             Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop, "preview")
+            painter.drawText(self.rect().adjusted(24, 24, -24, -24),
+                             Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self._placeholder)
+        else:
+            target = self.image_rect()
+            painter.drawPixmap(target.topLeft(), self._scaled_pixmap(target.size()))
+            if self._is_preview:
+                painter.setPen(QColor(255, 255, 255, 170))
+                painter.drawText(self.image_rect().adjusted(10, 8, -10, -8),
+                                 Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop, "preview")
+        if self._drag_hover:
+            self._paint_drop_hint(painter)
+
+    def _paint_drop_hint(self, painter: QPainter) -> None:
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.fillRect(self.rect(), QColor(16, 14, 22, 200))
+        pen = QPen(QColor("#27e1ff"), 2, Qt.PenStyle.DashLine)
+        painter.setPen(pen)
+        painter.drawRoundedRect(self.rect().adjusted(8, 8, -8, -8), 10, 10)
+        painter.setPen(QColor("#e8e6f0"))
+        painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "Drop to use as the init image (img2img)")
 
 
 class CanvasPanel(QWidget):
