@@ -1,10 +1,11 @@
 """``main.py --self-test``: prove an install (or a bundle) works end to end, without weights or a display.
 
-In a temporary folder: write a tiny random-weight SD1.x checkpoint, open the real main window offscreen on
-the real worker thread and qasync loop, type a prompt and parameters into the widgets, press Generate, wait
-for the image, check the PNG's ``parameters`` text, add the image to a temporary favorites library, read it
-back, and close everything. Prints exactly one line, ``self-test passed``, and returns 0; otherwise prints
-``self-test failed: <reason>`` to stderr and returns 1. Nothing is written outside the temporary folder.
+In a temporary folder: write a tiny random-weight SD1.x checkpoint, open the real main window offscreen on the
+real worker thread and qasync loop, type a prompt and parameters into the widgets, press Generate, wait for
+the image, check the PNG's ``parameters`` text, star it into the favorites library (inside the temporary
+folder), close the window, reopen the library and read the favorite back. Prints exactly one line, ``self-test
+passed``, and returns 0; otherwise prints ``self-test failed: <reason>`` to stderr and returns 1. Nothing is
+written outside the temporary folder.
 """
 
 from __future__ import annotations
@@ -129,9 +130,18 @@ async def _wait_until(condition, what: str, errors: list[str], seconds: float = 
 
 
 async def _generate_and_check(checkpoint: Path, tmp: Path, errors: list[str]) -> None:
-    from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QPlainTextEdit, QPushButton, QSpinBox, QWidget
+    from PySide6.QtWidgets import (
+        QAbstractButton,
+        QComboBox,
+        QDoubleSpinBox,
+        QPlainTextEdit,
+        QPushButton,
+        QSpinBox,
+        QWidget,
+    )
 
     from inkpunk_studio.app import make_window
+    from inkpunk_studio.favorites import library_dir
     from inkpunk_studio.metadata import read_params
 
     window = make_window(checkpoint=checkpoint, data_dir=tmp / "data")
@@ -179,13 +189,21 @@ async def _generate_and_check(checkpoint: Path, tmp: Path, errors: list[str]) ->
             raise SelfTestError(f"expected one image, got {len(paths)}")
         image_path = Path(paths[0])
         _check_image(image_path, read_params(image_path), sampler, checkpoint.stem, "the saved image")
-        _check_library(image_path, tmp / "library", sampler, checkpoint.stem)
+
+        # The star button adds the image on show to the favorites library (in the temporary data folder).
+        added = _signal_future(window.favorites.favoriteAdded)
+        widget(QAbstractButton, "favoriteButton").click()
+        try:
+            favorite_id, _new = await asyncio.wait_for(added, timeout=60)
+        except asyncio.TimeoutError:
+            raise SelfTestError("the favorite was not added within 60 s") from None
     finally:
         window.close()
         if window.host.is_running():
             window.host.shutdown()
     if window.host.is_running():
         raise SelfTestError("the worker thread did not stop when the window closed")
+    _check_library(favorite_id, library_dir(tmp / "data"), sampler, checkpoint.stem)
 
 
 def _check_image(path: Path, params: Any, sampler: str, model_name: str, what: str) -> None:
@@ -216,23 +234,18 @@ def _check_image(path: Path, params: Any, sampler: str, model_name: str, what: s
         raise SelfTestError(f"{what} has no model hash ({params.model_hash!r})")
 
 
-def _check_library(image_path: Path, folder: Path, sampler: str, model_name: str) -> None:
-    """Favorite the image in a temporary library, reopen the library and read the favorite back."""
+def _check_library(favorite_id: int, folder: Path, sampler: str, model_name: str) -> None:
+    """Reopen the library the window wrote (as the next start would) and read the favorite back."""
     from inkpunk_studio.library import Library
     from inkpunk_studio.metadata import read_params
 
     library = Library(folder)
     try:
-        favorite = library.add(image_path)
+        stored = library.get(favorite_id)
+        found = library.search(PROMPT.split()[-1])
     finally:
         library.close()
-    reopened = Library(folder)
-    try:
-        stored = reopened.get(favorite.id)
-        found = reopened.search(PROMPT.split()[-1])
-    finally:
-        reopened.close()
-    if stored is None or stored.missing or not [f for f in found if f.id == favorite.id]:
+    if stored is None or stored.missing or not [f for f in found if f.id == favorite_id]:
         raise SelfTestError("the favorite was not found again after reopening the library")
     _check_image(stored.path, stored.params, sampler, model_name, "the library's row")
     _check_image(stored.path, read_params(stored.path), sampler, model_name, "the library's copy")
