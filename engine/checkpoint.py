@@ -15,7 +15,10 @@ Pickled `.ckpt` files are read only by `torch.load(weights_only=True)`: never a 
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import mmap
 import pickle
 import re
 import zipfile
@@ -28,6 +31,7 @@ from torch import nn
 
 from engine.clip import TextEncoder
 from engine.config import TextEncoderConfig, UNetConfig, VAEConfig
+from engine.devices import prefers_channels_last
 from engine.errors import CheckpointError
 from engine.unet import UNet
 from engine.vae import VAE
@@ -107,14 +111,63 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+# safetensors dtype names -> torch dtypes (the ones a Stable Diffusion file can hold).
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """Memory-map a .safetensors file: tensors are views of the file's pages, nothing is read up front.
+
+    The format (huggingface/safetensors): an 8-byte little-endian header length, a JSON header
+    {name: {"dtype", "shape", "data_offsets": [begin, end]}}, then the data. safetensors' own `load_file`
+    copies every tensor into RAM first, so converting an fp16 file to bf16 would need file + model in memory;
+    mapped, each tensor is paged in when the loader converts it, like `torch.load(mmap=True)` for .ckpt.
+    """
+    size = path.stat().st_size
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path.name}: not a readable safetensors file ({why}); is it truncated?")
 
     try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path.name}: not a readable safetensors file ({e}); is it truncated?") from e
+        with path.open("rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n <= 0 or 8 + n > size:
+                raise bad("header length out of range")
+            header = json.loads(f.read(n))
+            buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > 8 + n else b""
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise bad(str(e)) from e
+    if not isinstance(header, dict):
+        raise bad("header is not a JSON object")
+    data_size = size - 8 - n
+    tensors: dict[str, torch.Tensor] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise bad(f"bad entry for {name!r}: {e}") from e
+        count = math.prod(shape)
+        if min(shape, default=0) < 0 or not 0 <= begin <= end <= data_size:
+            raise bad(f"{name!r} lies outside the file")
+        if end - begin != count * dtype.itemsize:
+            raise bad(f"{name!r}: {end - begin} bytes for shape {shape}")
+        if count == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+            continue
+        raw = torch.frombuffer(buffer, dtype=torch.uint8, count=end - begin, offset=8 + n + begin)
+        if (8 + n + begin) % dtype.itemsize:
+            raw = raw.clone()  # unaligned (never written so by safetensors itself): copy this one tensor
+        tensors[name] = raw.view(dtype).view(shape)
+    return tensors
 
 
 def _read_pickle(path: Path) -> Any:
@@ -260,7 +313,11 @@ def build(
     dtype: torch.dtype,
     what: str,
 ) -> nn.Module:
-    """Construct on the meta device (no memory), then adopt the converted tensors directly (assign=True)."""
+    """Construct on the meta device (no memory), then adopt the converted tensors directly (assign=True).
+
+    Inference layout: conv weights channels_last where the device runs it faster (see devices.py), so the
+    activations follow; attention projections fused (`fuse_projections`, state dict keys unchanged).
+    """
     with torch.device("meta"):
         module = module_cls(cfg)
     expected = module.state_dict()
@@ -278,12 +335,23 @@ def build(
             f"{what}: shape mismatch for {k}: file {tuple(state[k].shape)}, "
             f"model {tuple(expected[k].shape)} ({len(bad)} mismatches)"
         )
-    # Convert one tensor at a time and drop the file's copy as we go: peak memory stays ~ one model.
+    # Convert one tensor at a time and drop the file's (memory-mapped) copy as we go: one copy of each
+    # weight, made straight into the layout it runs in; peak memory stays ~ one model.
+    channels_last = prefers_channels_last(device)
     converted = {}
     for k in list(state):
         v = state.pop(k)
-        converted[k] = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+        fmt = torch.channels_last if channels_last and v.ndim == 4 else torch.preserve_format
+        out = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype, memory_format=fmt)
+        # A tensor already in the right dtype and place comes back as the file's own mapped pages: copy it,
+        # so the model never depends on the file staying unchanged (or, on Windows, locked) on disk.
+        converted[k] = out.clone(memory_format=fmt) if out.data_ptr() == v.data_ptr() else out
+        del v, out
     module.load_state_dict(converted, strict=True, assign=True)
+    del converted
+    fuse = getattr(module, "fuse_projections", None)
+    if fuse is not None:
+        fuse()
     return module.eval().requires_grad_(False)
 
 

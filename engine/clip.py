@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.attention import attention
+from engine.attention import FusedProjection, attention
 from engine.config import TextEncoderConfig
 
 
@@ -36,10 +36,13 @@ class SelfAttention(nn.Module):
         self.k_proj = nn.Linear(width, width)
         self.v_proj = nn.Linear(width, width)
         self.out_proj = nn.Linear(width, width)
+        self.fused = FusedProjection()  # q, k, v as one matmul, filled by TextEncoder.fuse_projections()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, causal=True)
-        return self.out_proj(out)
+        qkv = self.fused(x)
+        if qkv is None:
+            qkv = (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        return self.out_proj(attention(*qkv, self.heads, causal=True))
 
 
 class MLP(nn.Module):
@@ -101,6 +104,12 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.config = cfg
         self.text_model = TextModel(cfg)
+
+    def fuse_projections(self) -> None:
+        """Run each layer's q/k/v projections as one matmul (after loading; see FusedProjection)."""
+        for layer in self.text_model.encoder.layers:
+            attn = layer.self_attn
+            attn.fused.fuse(attn.q_proj, attn.k_proj, attn.v_proj)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.ndim != 2 or ids.shape[1] > self.config.max_positions:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.attention import attention
+from engine.attention import FusedProjection, attention
 from engine.config import GROUPS, UNetConfig
 
 
@@ -49,8 +49,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)
-        h = h + self.emb_layers(emb)[:, :, None, None]
-        return self.skip_connection(x) + self.out_layers(h)
+        h += self.emb_layers(emb)[:, :, None, None]  # in place: h is this block's own fresh tensor
+        return self.out_layers(h).add_(self.skip_connection(x))
 
 
 class CrossAttention(nn.Module):
@@ -63,10 +63,24 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(context_dim, dim, bias=False)
         self.to_v = nn.Linear(context_dim, dim, bias=False)
         self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(0.0))
+        self.fused = FusedProjection()  # filled by fuse_projections() after loading
+
+    def fuse_projections(self, self_attention: bool) -> None:
+        """Self-attention: one (3C, C) matmul for q, k, v; cross-attention: one (2C, D) for k, v."""
+        if self_attention:
+            self.fused.fuse(self.to_q, self.to_k, self.to_v)
+        else:
+            self.fused.fuse(self.to_k, self.to_v)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        ctx = x if context is None else context
-        return self.to_out(attention(self.to_q(x), self.to_k(ctx), self.to_v(ctx), self.heads))
+        if context is None:
+            qkv = self.fused(x)
+            q, k, v = qkv if qkv is not None else (self.to_q(x), self.to_k(x), self.to_v(x))
+        else:
+            q = self.to_q(x)
+            kv = self.fused(context)
+            k, v = kv if kv is not None else (self.to_k(context), self.to_v(context))
+        return self.to_out(attention(q, k, v, self.heads))
 
 
 class GEGLU(nn.Module):
@@ -101,9 +115,9 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
-        return x + self.ff(self.norm3(x))
+        x = self.attn1(self.norm1(x)).add_(x)
+        x = self.attn2(self.norm2(x), context).add_(x)
+        return self.ff(self.norm3(x)).add_(x)
 
 
 class SpatialTransformer(nn.Module):
@@ -121,11 +135,14 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         t = self.proj_in(self.norm(x))
-        t = t.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
+        # (B, C, H, W) -> (B, H*W, C): free (a view) when x is channels_last, one copy otherwise
+        t = t.permute(0, 2, 3, 1).reshape(b, h * w, c)
         for block in self.transformer_blocks:
             t = block(t, context)
-        t = t.transpose(1, 2).reshape(b, c, h, w)  # (B, H*W, C) -> (B, C, H, W)
-        return x + self.proj_out(t)
+        t = t.view(b, h, w, c).permute(0, 3, 1, 2)  # (B, H*W, C) -> (B, C, H, W), channels_last strides
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            t = t.contiguous()  # keep the layout the caller uses
+        return self.proj_out(t).add_(x)
 
 
 class Downsample(nn.Module):
@@ -217,6 +234,13 @@ class UNet(nn.Module):
             nn.GroupNorm(GROUPS, ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1)
         )
 
+    def fuse_projections(self) -> None:
+        """Fuse every self-attention's q/k/v and cross-attention's k/v into one matmul (after loading)."""
+        for m in self.modules():
+            if isinstance(m, BasicTransformerBlock):
+                m.attn1.fuse_projections(self_attention=True)
+                m.attn2.fuse_projections(self_attention=False)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -252,4 +276,4 @@ class UNet(nn.Module):
             h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb, context, size=tuple(skips[-1].shape[-2:]) if skips else None)
             check()
-        return self.out(h)
+        return self.out(h).contiguous()  # channels_last inside (see checkpoint.py), the usual layout out

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.attention import attention
+from engine.attention import FusedProjection, attention
 from engine.config import GROUPS, VAEConfig
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,12 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        # In-place SiLU and residual add: every tensor they overwrite was just made here.
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        h = self.conv2(F.silu(self.norm2(h), inplace=True))
         if hasattr(self, "nin_shortcut"):
             x = self.nin_shortcut(x)
-        return x + h
+        return h.add_(x)
 
 
 class AttnBlock(nn.Module):
@@ -58,17 +59,21 @@ class AttnBlock(nn.Module):
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.fused = FusedProjection()  # q, k, v as one matmul, filled by VAE.fuse_projections()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        n = self.norm(x)
-
-        def tokens(t: torch.Tensor) -> torch.Tensor:
-            return t.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
-
-        out = attention(tokens(self.q(n)), tokens(self.k(n)), tokens(self.v(n)), heads=1)
-        out = out.transpose(1, 2).reshape(b, c, h, w)
-        return x + self.proj_out(out)
+        # The 1x1 convs run as matmuls over tokens: (B, C, H, W) -> (B, H*W, C), a view when channels_last.
+        t = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        qkv = self.fused(t)
+        if qkv is None:
+            qkv = tuple(F.linear(t, m.weight.view(c, c), m.bias) for m in (self.q, self.k, self.v))
+        out = attention(*qkv, heads=1)
+        out = F.linear(out, self.proj_out.weight.view(c, c), self.proj_out.bias)
+        out = out.view(b, h, w, c).permute(0, 3, 1, 2)  # (B, H*W, C) -> (B, C, H, W), channels_last strides
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous()  # keep the caller's layout
+        return out.add_(x)
 
 
 class Downsample(nn.Module):
@@ -141,7 +146,7 @@ class Encoder(nn.Module):
         for level in self.down:
             h = level(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
 
 class Decoder(nn.Module):
@@ -168,7 +173,7 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
             h = level(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
 
 class VAE(nn.Module):
@@ -180,13 +185,20 @@ class VAE(nn.Module):
         self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
 
+    def fuse_projections(self) -> None:
+        """Run each mid attention's q/k/v as one matmul (after loading; see FusedProjection)."""
+        for m in self.modules():
+            if isinstance(m, AttnBlock):
+                m.fused.fuse(m.q, m.k, m.v)
+
     def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """image (B, 3, H, W) in [-1, 1] -> z (B, 4, H/8, W/8), unscaled (multiply by SCALING_FACTOR).
 
         Without a generator: the posterior mean; with one: mean + std * noise drawn from it (noise is drawn
         on the generator's device and moved, like diffusers' `randn_tensor`).
         """
-        mean, logvar = self.quant_conv(self.encoder(image)).chunk(2, dim=1)
+        moments = self.quant_conv(self.encoder(image)).contiguous()
+        mean, logvar = moments.chunk(2, dim=1)
         if generator is None:
             return mean
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
@@ -202,7 +214,7 @@ class VAE(nn.Module):
             tiled = z.shape[-2] * z.shape[-1] > AUTO_TILE_ABOVE
         if tiled and (z.shape[-2] > TILE or z.shape[-1] > TILE):
             return self._decode_tiled(z)
-        return self.decoder(self.post_quant_conv(z))
+        return self.decoder(self.post_quant_conv(z)).contiguous()
 
     def _decode_tiled(self, z: torch.Tensor, tile: int = TILE, overlap: int = TILE_OVERLAP) -> torch.Tensor:
         """Decode tile x tile latent patches overlapping by `overlap`, blended linearly where they meet.

@@ -1,0 +1,626 @@
+"""`python -m engine.benchmark`: how fast the engine is here, and how it compares with diffusers.
+
+Builds SD1.5-size models with random weights in-process (no checkpoint needed) and measures, for a 512x512
+image with classifier-free guidance (UNet batch 2), in each precision the device runs natively:
+seconds per UNet step, VAE decode, text encoding, cancel latency and preview cost. When diffusers is installed
+its UNet2DConditionModel and AutoencoderKL are built from the very same weights and timed interleaved with
+ours (medians of --runs), giving our/diffusers ratios. Then, each in a fresh process so the figures are
+clean: loading a generated fp16 `.ckpt` of SD1.5 size (vs one warm read of the file) and the peak memory of
+a 512x512 generation. `--tiled` also decodes 2048x2048 latents in tiles and reports that peak.
+
+    python -m engine.benchmark                         # SD1.5 size, every native precision, 3 runs
+    python -m engine.benchmark --precision bf16 --runs 5 --json bench.json
+    python -m engine.benchmark --size tiny --runs 1    # seconds; checks the benchmark itself
+
+Timings on a busy machine are noise: the load average is printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.checkpoint import LoadedModels, build, infer_configs, split_state_dict
+from engine.clip import TextEncoder
+from engine.devices import DTYPE_NAMES, cpu_has_native_bf16, resolve_device, resolve_dtype
+from engine.errors import Cancelled
+from engine.pipeline import Pipeline, load_pipeline
+from engine.preview import latent_preview
+from engine.request import GenerationRequest
+from engine.tokenizer import Tokenizer
+from engine.unet import UNet
+from engine.vae import SCALING_FACTOR, VAE
+
+log = logging.getLogger(__name__)
+
+PROMPT = "nvinkpunk portrait of a fox in a trench coat, neon ink splashes, highly detailed"
+SIDES = {"sd15": 512, "tiny": 128}  # default image side per model size (tiny: a quick self-check)
+SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+GB = 1024**3
+
+
+# --- measuring ----------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], runs: int, device: torch.device) -> dict[str, list[float]]:
+    """One warm-up call each, then `runs` rounds alternating which goes first, so load drifts hit all."""
+    names = list(fns)
+    for name in names:
+        timed(fns[name], device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(runs):
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(timed(fns[name], device))
+    return times
+
+
+def _status_bytes(field: str) -> int | None:
+    """VmHWM / VmRSS of this process from /proc (Linux), in bytes."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss() -> int | None:
+    """Peak resident memory of this process so far (since the last reset_peak()), in bytes."""
+    value = _status_bytes("VmHWM")
+    if value is None:
+        try:
+            import resource
+        except ImportError:  # Windows
+            return None
+        scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+        value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    return value
+
+
+def reset_peak() -> bool:
+    """Restart the VmHWM high-water mark (Linux: /proc/self/clear_refs '5'); False where impossible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+# --- models -----------------------------------------------------------------------------------------------
+
+
+def random_state(size: str) -> dict[str, torch.Tensor]:
+    """A random fp16 LDM-layout state dict of `size` (as an fp16 checkpoint file holds)."""
+    from engine.testing import ldm_state_dict
+
+    return ldm_state_dict(size, dtype=torch.float16, seed=0)
+
+
+def our_models(
+    state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype
+) -> LoadedModels:
+    """Exactly what load_models() builds from a file holding `state` (state itself is left intact)."""
+    parts = split_state_dict(state)
+    te, unet, vae = infer_configs(parts)
+    kw = {"device": device}
+    return LoadedModels(
+        build(TextEncoder, te, parts["text_encoder"], dtype=dtype, what="text encoder", **kw),
+        build(UNet, unet, parts["unet"], dtype=dtype, what="UNet", **kw),
+        build(VAE, vae, parts["vae"], dtype=vae_dtype, what="VAE", **kw),
+        te,
+        unet,
+        vae,
+        Path("random-weights"),
+    )
+
+
+def diffusers_models(
+    state: dict[str, torch.Tensor],
+    models: LoadedModels,
+    device: torch.device,
+    dtype: torch.dtype,
+    vae_dtype: torch.dtype,
+) -> tuple[Any, Any] | None:
+    """diffusers' UNet and VAE holding the same weights (converted by its own single-file converters)."""
+    try:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers.loaders.single_file_utils import (
+            convert_ldm_unet_checkpoint,
+            convert_ldm_vae_checkpoint,
+        )
+    except ImportError:
+        return None
+    u, v = models.unet_config, models.vae_config
+    unet_config = {
+        "sample_size": 64,
+        "in_channels": u.in_channels,
+        "out_channels": u.out_channels,
+        "layers_per_block": u.num_res_blocks,
+        "block_out_channels": [u.model_channels * m for m in u.channel_mult],
+        "cross_attention_dim": u.context_dim,
+        "attention_head_dim": u.num_heads,
+        "norm_num_groups": 32,
+        "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in u.attention_levels],
+        "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(u.attention_levels)],
+    }
+    widths = [v.channels * m for m in v.channel_mult]
+    vae_config = {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": v.z_channels,
+        "block_out_channels": widths,
+        "layers_per_block": v.num_res_blocks,
+        "norm_num_groups": 32,
+        "down_block_types": ["DownEncoderBlock2D"] * len(widths),
+        "up_block_types": ["UpDecoderBlock2D"] * len(widths),
+    }
+    out = []
+    for cls, config, convert, want in (
+        (UNet2DConditionModel, unet_config, convert_ldm_unet_checkpoint, dtype),
+        (AutoencoderKL, vae_config, convert_ldm_vae_checkpoint, vae_dtype),
+    ):
+        with torch.device("meta"):  # no slow random init of weights that are replaced anyway
+            model = cls(**config)
+        converted = {k: t.to(device, want) for k, t in convert(state, config).items()}
+        model.load_state_dict(converted, strict=True, assign=True)
+        out.append(model.eval().requires_grad_(False))
+    return out[0], out[1]
+
+
+# --- phases -----------------------------------------------------------------------------------------------
+
+
+def bench_precision(
+    state: dict[str, torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype,
+    runs: int,
+    with_diffusers: bool,
+    side: int = 512,
+) -> dict[str, Any]:
+    """Step, decode, encode, cancel and preview timings in one precision (ours and diffusers')."""
+    vae_dtype = resolve_dtype(dtype, device)[1]
+    models = our_models(state, device, dtype, vae_dtype)
+    pipe = Pipeline(models, Tokenizer(), device, dtype, vae_dtype, models.path)
+    res: dict[str, Any] = {"precision": SHORT[dtype], "vae_precision": SHORT[vae_dtype]}
+    res.update(time_components(pipe, state, runs, with_diffusers, side))
+    gc.collect()  # diffusers' models are gone
+    log.info("%s: cancel latency", SHORT[dtype])
+    res.update(cancel_latency(pipe, res["unet_step_s"], runs, side))
+    return res
+
+
+@torch.inference_mode()
+def time_components(
+    pipe: Pipeline, state: dict[str, torch.Tensor], runs: int, with_diffusers: bool, side: int = 512
+) -> dict[str, Any]:
+    device, dtype, vae_dtype = pipe.device, pipe.dtype, pipe.vae_dtype
+    ref = diffusers_models(state, pipe.models, device, dtype, vae_dtype) if with_diffusers else None
+    g = torch.Generator().manual_seed(0)
+    lat = side // 8
+    x = torch.randn(2, 4, lat, lat, generator=g).to(device, dtype)
+    t = torch.tensor(500.0, device=device)
+    context = pipe.encode_prompt(["", PROMPT]).to(dtype)
+    z = (torch.randn(1, 4, lat, lat, generator=g) / SCALING_FACTOR).to(device, vae_dtype)
+    res: dict[str, Any] = {}
+    unet_fns = {"ours": lambda: pipe.unet(x, t, context)}
+    vae_fns = {"ours": lambda: pipe.vae.decode(z)}
+    if ref is not None:
+        ref_unet, ref_vae = ref
+        unet_fns["diffusers"] = lambda: ref_unet(x, t, encoder_hidden_states=context).sample
+        vae_fns["diffusers"] = lambda: ref_vae.decode(z).sample
+    for part, fns in (("unet_step_s", unet_fns), ("vae_decode_s", vae_fns)):
+        log.info("%s: timing %s", SHORT[dtype], part)
+        times = interleaved(fns, runs, device)
+        for name, values in times.items():
+            res[f"{part}_{name}_runs"] = values
+        res[part] = statistics.median(times["ours"])
+        if "diffusers" in times:
+            res[f"{part}_diffusers"] = statistics.median(times["diffusers"])
+            res[f"{part}_ratio"] = res[part] / res[f"{part}_diffusers"]
+    if ref is not None:  # same weights, same input: how far apart the two are in this precision
+        ours, theirs = unet_fns["ours"]().float(), unet_fns["diffusers"]().float()
+        res["unet_rel_diff_vs_diffusers"] = ((ours - theirs).norm() / theirs.norm()).item()
+    encode = [timed(lambda: pipe.encode_prompt(["", PROMPT]), device) for _ in range(max(3, runs) + 1)]
+    res["text_encode_s"] = statistics.median(encode[1:])
+    z_small = torch.randn(4, lat, lat, generator=g).to(device)
+    previews = [timed(lambda: latent_preview(z_small), device) for _ in range(30)]
+    res["preview_s"] = statistics.median(previews[5:])
+    res["preview_fraction_of_step"] = res["preview_s"] / res["unet_step_s"]
+    return res
+
+
+def cancel_latency(pipe: Pipeline, step_s: float, runs: int, side: int = 512) -> dict[str, Any]:
+    """Set the cancel event part-way through the second step of a real generate(); time until Cancelled."""
+    latencies = []
+    fractions = [0.5, 0.15, 0.85, 0.3, 0.7][: max(1, min(runs, 5))]
+    for fraction in fractions:
+        cancel = threading.Event()
+        set_at: list[float] = []
+
+        def fire(f: float = fraction, event: threading.Event = cancel, stamp: list[float] = set_at) -> None:
+            time.sleep(f * step_s)
+            stamp.append(time.perf_counter())
+            event.set()
+
+        def on_step(event: Any, f: float = fraction) -> None:
+            if event.step == 1:
+                threading.Thread(target=fire, daemon=True).start()
+
+        req = GenerationRequest(prompt=PROMPT, steps=5, width=side, height=side, seed=1)
+        try:
+            pipe.generate(req, on_step=on_step, cancel=cancel)
+        except Cancelled:
+            latencies.append(time.perf_counter() - set_at[0])
+        else:
+            latencies.append(float("nan"))
+    worst = max(latencies)
+    return {
+        "cancel_latency_s": statistics.median(latencies),
+        "cancel_latency_max_s": worst,
+        "cancel_fraction_of_step": worst / step_s,
+    }
+
+
+def warm_read(path: Path) -> float:
+    """Seconds to read the whole file once, after a first read has put it in the page cache."""
+    buf = bytearray(64 << 20)
+    view = memoryview(buf)
+    for attempt in range(2):
+        start = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(view):
+                pass
+    del attempt
+    return time.perf_counter() - start
+
+
+def child(args: list[str]) -> dict[str, Any]:
+    """Run `python -m engine.benchmark --child ...` in a fresh process; its last stdout line is JSON."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.benchmark", "--child", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_child(opts: argparse.Namespace) -> dict[str, Any]:
+    """In a fresh process: load (file or random weights), then one 512x512 generation; memory figures."""
+    device = resolve_device(opts.device)
+    out: dict[str, Any] = {"peak_reset": False}
+    if opts.child == "tiled":
+        return tiled_decode(opts, device)
+    started = time.perf_counter()
+    if opts.checkpoint:
+        pipe = load_pipeline(opts.checkpoint, device=device, dtype=opts.precision)
+        _sync(device)
+        out["load_s"] = time.perf_counter() - started
+        out["load_peak"] = peak_rss()
+    else:
+        dtype, vae_dtype = resolve_dtype(opts.precision, device)
+        models = our_models(random_state(opts.size), device, dtype, vae_dtype)
+        gc.collect()
+        pipe = Pipeline(models, Tokenizer(), device, dtype, vae_dtype, models.path)
+    out["weights_bytes"] = sum(
+        p.numel() * p.element_size() for m in (pipe.text_encoder, pipe.unet, pipe.vae) for p in m.parameters()
+    )
+    out["rss_ready"] = _status_bytes("VmRSS")
+    out["peak_reset"] = reset_peak()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    pipe.generate(GenerationRequest(prompt=PROMPT, steps=2, width=opts.side, height=opts.side, seed=0))
+    out["generation_peak"] = peak_rss()
+    if device.type == "cuda":
+        out["generation_peak_device"] = torch.cuda.max_memory_allocated(device)
+    return out
+
+
+def tiled_decode(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Decode opts.tiled_side^2 pixels of random latents in tiles (auto-tiling); time and peak memory."""
+    import numpy as np
+
+    from engine.config import VAEConfig
+    from engine.testing import random_state_dict
+
+    vae_dtype = resolve_dtype(opts.precision, device)[1]
+    cfg = getattr(VAEConfig, opts.size)()
+    with torch.device("meta"):
+        shapes = VAE(cfg)
+    state = random_state_dict(shapes, np.random.default_rng(0), torch.float16)
+    vae = build(VAE, cfg, state, device=device, dtype=vae_dtype, what="VAE")
+    gc.collect()
+    out: dict[str, Any] = {"tiled_side": opts.tiled_side, "tiled_rss_before": _status_bytes("VmRSS")}
+    out["peak_reset"] = reset_peak()
+    lat = opts.tiled_side // 8
+    z = torch.randn(1, 4, lat, lat).to(device, vae_dtype)
+    with torch.inference_mode():
+        out["tiled_decode_s"] = timed(lambda: vae.decode(z), device)
+    out["tiled_peak"] = peak_rss()
+    return out
+
+
+# --- the run --------------------------------------------------------------------------------------------------
+
+
+def default_precisions(device: torch.device) -> list[torch.dtype]:
+    """Each precision the device runs natively: bf16 on CPUs with AVX512-BF16/AMX, fp16 on GPUs."""
+    if device.type == "cpu":
+        return [torch.float32, torch.bfloat16] if cpu_has_native_bf16() else [torch.float32]
+    extra = [torch.bfloat16] if device.type == "cuda" and torch.cuda.is_bf16_supported() else []
+    return [torch.float32, torch.float16, *extra]
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(
+            ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")
+        )
+        flags = set(next(ln for ln in cpuinfo.splitlines() if ln.startswith("flags")).split())
+        info["cpu_flags"] = [
+            f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in flags
+        ]
+    except (OSError, StopIteration):
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        import diffusers
+
+        info["diffusers"] = diffusers.__version__
+    except ImportError:
+        info["diffusers"] = None
+    if hasattr(os, "getloadavg"):
+        info["load_average_start"] = os.getloadavg()[0]
+    return info
+
+
+def time_to_image(results: dict[str, dict[str, Any]], device: torch.device) -> dict[str, Any] | None:
+    """App defaults (DPM++ 2M Karras, 25 steps, dtype auto) vs the original project's (DDPM, 80 steps, fp32),
+    from the measured step, decode and encode times (a sampler's own arithmetic is negligible)."""
+    auto = SHORT[resolve_dtype("auto", device)[0]]
+    if auto not in results or "fp32" not in results:
+        return None
+    a, f = results[auto], results["fp32"]
+    app = a["text_encode_s"] + 25 * a["unet_step_s"] + a["vae_decode_s"]
+    original = f["text_encode_s"] + 80 * f["unet_step_s"] + f["vae_decode_s"]
+    out = {
+        "app_default_s": app,
+        "app_precision": auto,
+        "original_default_s": original,
+        "speedup": original / app,
+    }
+    if "unet_step_s_diffusers" in f:
+        out["original_with_diffusers_fp32_s"] = (
+            f["text_encode_s"] + 80 * f["unet_step_s_diffusers"] + f["vae_decode_s_diffusers"]
+        )
+    return out
+
+
+def run(opts: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(opts.device)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    precisions = (
+        [DTYPE_NAMES[p.strip().lower()] for p in opts.precision.split(",")]
+        if opts.precision
+        else default_precisions(device)
+    )
+    report: dict[str, Any] = {
+        "machine": machine_info(device),
+        "size": opts.size,
+        "image": [opts.side, opts.side],
+        "cfg_batch": 2,
+        "runs": opts.runs,
+        "results": {},
+    }
+    log.info("drawing random %s weights", opts.size)
+    state = random_state(opts.size)
+    for dtype in precisions:
+        report["results"][SHORT[dtype]] = bench_precision(
+            state, device, dtype, opts.runs, not opts.skip_diffusers, opts.side
+        )
+        gc.collect()
+    common = ["--size", opts.size, "--side", str(opts.side), "--device", str(device)]
+    with tempfile.TemporaryDirectory(prefix="inkpunk-bench-") as tmp:
+        checkpoint = []
+        if not opts.skip_load:
+            path = Path(tmp) / f"random-{opts.size}.ckpt"
+            log.info("writing %s", path)
+            torch.save({"state_dict": state}, path)
+            report["checkpoint_bytes"] = path.stat().st_size
+            report["warm_read_s"] = warm_read(path)
+            checkpoint = ["--checkpoint", str(path)]
+        del state
+        gc.collect()
+        for dtype in precisions:
+            log.info("%s: load and generation memory (fresh process)", SHORT[dtype])
+            mem = child(["memory", "--precision", SHORT[dtype], *common, *checkpoint])
+            if "load_s" in mem:
+                mem["load_vs_warm_read"] = mem["load_s"] / report["warm_read_s"]
+            report["results"][SHORT[dtype]].update(mem)
+    if opts.tiled:
+        log.info("tiled decode of %dx%d", opts.tiled, opts.tiled)
+        report["tiled"] = child(["tiled", "--precision", "auto", "--tiled-side", str(opts.tiled), *common])
+    report["time_to_image"] = time_to_image(report["results"], device)
+    if hasattr(os, "getloadavg"):
+        report["machine"]["load_average_end"] = os.getloadavg()[0]
+    return report
+
+
+def _gb(n: float | None) -> str:
+    return "?" if n is None else f"{n / GB:.2f} GB"
+
+
+def format_report(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        (
+            f"Inkpunk Studio engine benchmark: {r['size']} models (random weights), {r['image'][0]}x{r['image'][1]}, "
+            f"CFG batch {r['cfg_batch']}, median of {r['runs']} run(s)"
+        ),
+        f"{m['device']}: {m.get('gpu') or m['cpu']} ({m['cores']} cores, {m['threads']} threads"
+        + (f", {' '.join(m['cpu_flags'])}" if m.get("cpu_flags") else "")
+        + f"); torch {m['torch']}"
+        + (f", diffusers {m['diffusers']}" if m.get("diffusers") else ""),
+    ]
+    if "load_average_start" in m:
+        lines.append(
+            f"load average {m['load_average_start']:.2f} at start, {m.get('load_average_end', 0):.2f} at end"
+        )
+    for name, x in r["results"].items():
+        lines += ["", f"{name:26s}{'ours':>10s}{'diffusers':>12s}{'ours/diffusers':>16s}"]
+        for key, label in (
+            ("unet_step_s", "UNet step"),
+            ("vae_decode_s", f"VAE decode ({x['vae_precision']})"),
+        ):
+            ref = f"{x[key + '_diffusers']:10.3f} s" if key + "_diffusers" in x else f"{'-':>12s}"
+            ratio = f"{x[key + '_ratio']:16.2f}" if key + "_ratio" in x else ""
+            lines.append(f"  {label:24s}{x[key]:8.3f} s{ref}{ratio}")
+        lines.append(f"  {'text encode':24s}{x['text_encode_s']:8.3f} s")
+        lines.append(
+            f"  {'cancel latency (max)':24s}{x['cancel_latency_max_s']:8.3f} s"
+            f"   {100 * x['cancel_fraction_of_step']:.1f}% of a step"
+        )
+        lines.append(
+            f"  {'preview':24s}{1000 * x['preview_s']:8.3f} ms  {100 * x['preview_fraction_of_step']:.3f}% of a step"
+        )
+        if "unet_rel_diff_vs_diffusers" in x:
+            lines.append(
+                f"  {'UNet output vs diffusers':24s}{x['unet_rel_diff_vs_diffusers']:10.2e} relative"
+            )
+        if "load_s" in x:
+            lines.append(
+                f"  {'load to ready':24s}{x['load_s']:8.2f} s   {x['load_vs_warm_read']:.2f}x one warm read "
+                f"({r['warm_read_s']:.2f} s for {_gb(r['checkpoint_bytes'])}); peak {_gb(x['load_peak'])}"
+            )
+        if x.get("generation_peak") is not None:
+            extra = x["generation_peak"] - x["weights_bytes"]
+            note = "" if x["peak_reset"] else " (process peak, includes loading)"
+            label = "{0}x{0} generation peak".format(r["image"][0])
+            lines.append(
+                f"  {label:24s}{_gb(x['generation_peak']):>10s}   weights "
+                f"{_gb(x['weights_bytes'])} + {_gb(extra)}{note}"
+            )
+    if r.get("tiled"):
+        t = r["tiled"]
+        lines += [
+            "",
+            (
+                f"tiled VAE decode {t['tiled_side']}x{t['tiled_side']}: {t['tiled_decode_s']:.1f} s, "
+                f"peak {_gb(t['tiled_peak'])} (process before decode {_gb(t['tiled_rss_before'])})"
+            ),
+        ]
+    if r.get("time_to_image"):
+        t = r["time_to_image"]
+        lines += [
+            "",
+            (
+                f"time to an image: app default (DPM++ 2M Karras, 25 steps, {t['app_precision']}) "
+                f"{t['app_default_s']:.1f} s vs original default (DDPM, 80 steps, fp32) "
+                f"{t['original_default_s']:.1f} s: {t['speedup']:.1f}x faster"
+            ),
+        ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m engine.benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=("sd15", "tiny"), default="sd15", help="model size (default: sd15)")
+    p.add_argument(
+        "--runs", type=int, default=3, help="timed runs per figure; medians are reported (default 3)"
+    )
+    p.add_argument(
+        "--precision", default="", help="comma-separated, e.g. fp32,bf16 (default: each native one)"
+    )
+    p.add_argument("--side", type=int, default=0, help="image side in pixels (default: 512; tiny: 128)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--skip-load", action="store_true", help="no checkpoint file: skip load timing")
+    p.add_argument("--skip-diffusers", action="store_true", help="do not time diffusers' models")
+    p.add_argument(
+        "--tiled",
+        type=int,
+        default=0,
+        metavar="SIDE",
+        help="also decode SIDE x SIDE pixels in tiles (e.g. 2048) and report its peak memory",
+    )
+    p.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    p.add_argument("--child", choices=("memory", "tiled"), help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    p.add_argument("--tiled-side", type=int, default=2048, help=argparse.SUPPRESS)
+    opts = p.parse_args(argv)
+    opts.side = opts.side or SIDES[opts.size]
+    if opts.side % 64 or not 64 <= opts.side <= 2048:
+        p.error("--side must be a multiple of 64 from 64 to 2048")
+    if opts.runs < 1:
+        p.error("--runs must be at least 1")
+    for name in filter(None, opts.precision.split(",")):
+        if name.strip().lower() not in DTYPE_NAMES and not (opts.child and name == "auto"):
+            p.error(f"unknown precision {name!r}: use fp32, bf16 or fp16")
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if opts.verbose else logging.WARNING, format="%(message)s")
+    if opts.child:
+        sys.stdout.write(json.dumps(run_child(opts)) + "\n")
+        return 0
+    report = run(opts)
+    sys.stdout.write(format_report(report) + "\n")
+    if opts.json:
+        opts.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
