@@ -1,27 +1,9 @@
-"""Inkpunk Studio entry point.
-
-    python main.py                      open the app
-    python main.py generate ...         command-line generation (see `python main.py generate --help`)
-    python main.py --self-test          build a tiny model, generate once through the real window, verify, exit
-"""
+"""Inkpunk Studio, from a source checkout: `python main.py` opens the app, `python main.py generate ...` is the
+command line, `python main.py --self-test` checks an installation. See inkpunk_studio/__main__.py."""
 
 import sys
 
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "generate":
-        from inkpunk_studio.cli import main as cli_main
-
-        return cli_main(argv[1:])
-    if "--self-test" in argv:
-        from inkpunk_studio.selftest import main as selftest_main
-
-        return selftest_main([a for a in argv if a != "--self-test"])
-    from inkpunk_studio.app import main as app_main
-
-    return app_main(argv)
-
+from inkpunk_studio.__main__ import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -129,7 +129,7 @@ def test_wheel_contains_code_tokenizer_and_resources(wheel: Path) -> None:
         next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     ).decode()
     assert "inkpunk = inkpunk_studio.cli:main" in entry_points
-    assert "[gui_scripts]" in entry_points and "inkpunk-studio = inkpunk_studio.app:main" in entry_points
+    assert "[gui_scripts]" in entry_points and "inkpunk-studio = inkpunk_studio.__main__:main" in entry_points
 
 
 def test_installed_wheel_finds_its_resources(wheel: Path, tmp_path: Path) -> None:
