@@ -1,8 +1,8 @@
-"""Favorites in the window: the star button, the Library dock and the history strip's context menu.
+"""Favorites in the window: the star button, the Library tab and the history strip's context menu.
 
 :class:`FavoritesController` owns the :class:`~inkpunk_studio.library.Library` (``<data dir>/library``), the
-:class:`~inkpunk_studio.widgets.library_view.LibraryView` in a dock on the right, and the star button
-(objectName ``favoriteButton``) in the canvas toolbar. Adding runs on one library thread of its own (PNG
+:class:`~inkpunk_studio.widgets.library_view.LibraryView` (a tab beside the canvas, toggled with Ctrl+L), and
+the star button (objectName ``favoriteButton``) in the canvas toolbar. Adding runs on one library thread of its own (PNG
 encoding and an fsync'd commit stay off the GUI thread, and writes are serialised); the view loads its
 thumbnails on its own pool. ``close()`` waits for both and closes the database.
 
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QPoint, Qt, QUrl, Signal
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
-from PySide6.QtWidgets import QApplication, QDockWidget, QLabel, QMenu, QToolButton, QWidget
+from PySide6.QtWidgets import QApplication, QLabel, QMenu, QTabWidget, QToolButton, QWidget
 
 from .imageload import ImageLoadError
 from .library import Favorite, Library
@@ -86,35 +86,80 @@ class FavoritesController(QObject):
             self.error = ""
             self.view = LibraryView(self.library)
             self.view.statusMessage.connect(self._status)
-            self.view.showRequested.connect(window.show_history_image)
+            self.view.showRequested.connect(self._show)
             self.view.restoreRequested.connect(window.apply_image_params)
             self.view.initImageRequested.connect(window.use_as_init_image)
             self.view.favoritesChanged.connect(self._favorites_changed)
             for action in (self.view.restoreAction, self.view.initImageAction):
                 action.setShortcut(QKeySequence())  # the window's Ctrl+R / Ctrl+I route here (see above)
 
-        self.dock = QDockWidget("Library", window)
-        self.dock.setObjectName("libraryDock")
-        self.dock.setAllowedAreas(Qt.DockWidgetArea.LeftDockWidgetArea | Qt.DockWidgetArea.RightDockWidgetArea)
-        self.dock.setWidget(self.view if self.view is not None else QLabel(self.error))
-        self.dock.setMinimumWidth(200)
-        self.toggle_action = self.dock.toggleViewAction()
+        if self.view is not None:
+            self.page: QWidget = self.view
+        else:
+            self.page = QLabel(self.error)
+            self.page.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            self.page.setWordWrap(True)
+        self.tabs: QTabWidget | None = None
+        self.toggle_action = QAction("Library", self)
         self.toggle_action.setObjectName("libraryToggleAction")
-        self.toggle_action.setText("Library")
+        self.toggle_action.setCheckable(True)
         self.toggle_action.setShortcut(QKeySequence("Ctrl+L"))
-        self.toggle_action.setToolTip("Show or hide the favorites library (Ctrl+L)")
+        self.toggle_action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        self.toggle_action.setToolTip("Switch between the canvas and the favorites library (Ctrl+L)")
+        self.toggle_action.toggled.connect(self.show_library)
 
         self.star_button = QToolButton()
         self.star_button.setObjectName("favoriteButton")
         self.star_button.setText(STAR_OFF)
         self.star_button.setToolTip("Add the image on show to the library (Ctrl+D)")
         self.star_button.clicked.connect(self.add_current)
-        self.library_button = QToolButton()
-        self.library_button.setObjectName("libraryButton")
-        self.library_button.setDefaultAction(self.toggle_action)
-        self.library_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         window.canvas.imageChanged.connect(self._update_star)
         self._update_star()
+
+    # ------------------------------------------------------------ the Library tab
+    def bind_tabs(self, tabs: QTabWidget) -> None:
+        """Use ``tabs`` (the canvas first, then :attr:`page`) for showing and hiding the Library."""
+        self.tabs = tabs
+        tabs.currentChanged.connect(self._tab_changed)
+        tabs.tabBarClicked.connect(self._tab_clicked)
+        self._update_tab_title()
+
+    def show_library(self, on: bool = True) -> None:
+        """Bring the Library tab (or, with ``on=False``, the canvas) to the front."""
+        if self.tabs is not None:
+            if not on:
+                self._leave_page()
+            self.tabs.setCurrentWidget(self.page if on else self.window.canvas_panel)
+
+    def _tab_clicked(self, index: int) -> None:
+        if self.tabs is not None and self.tabs.widget(index) is not self.page:
+            self._leave_page()
+
+    def _leave_page(self) -> None:
+        """Hand the focus to the prompt before the Library is hidden; otherwise Qt passes it to the history
+        strip, which then selects (and shows) its first image."""
+        if self.has_focus():
+            self.window.prompt_panel.prompt_edit.setFocus()
+
+    def library_shown(self) -> bool:
+        return self.tabs is not None and self.tabs.currentWidget() is self.page
+
+    def _tab_changed(self) -> None:
+        self.toggle_action.setChecked(self.library_shown())
+        if self.library_shown() and self.view is not None:
+            self.view.listWidget.setFocus()
+
+    def _update_tab_title(self) -> None:
+        if self.tabs is None:
+            return
+        count = self.library.count() if self.library is not None and not self._closed else 0
+        index = self.tabs.indexOf(self.page)
+        self.tabs.setTabText(index, f"Library ({count})" if count else "Library")
+        self.tabs.setTabToolTip(index, "Favorites: star an image (Ctrl+D) to keep it here · Ctrl+L")
+
+    def _show(self, path: str) -> None:
+        self.show_library(False)
+        self.window.show_history_image(path)
 
     # ------------------------------------------------------------ adding
     def has_focus(self) -> bool:
@@ -154,13 +199,15 @@ class FavoritesController(QObject):
         self._known[path] = favorite.id
         self.view.refresh()
         self.view.select(favorite.id)
-        self._status("Added to the library" if added else "Already in the library")
+        self._status("Added to the library (Ctrl+L shows it)" if added else "Already in the library")
+        self._update_tab_title()
         self._update_star()
         self.favoriteAdded.emit(favorite.id, added)
 
     def _favorites_changed(self) -> None:  # a removal in the view: forget what we knew
         self._known = {p: i for p, i in self._known.items() if self.library.get(i) is not None}
         self._update_star()
+        self._update_tab_title()
 
     def _update_star(self) -> None:
         canvas = self.window.canvas

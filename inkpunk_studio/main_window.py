@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QScrollArea,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -68,6 +69,7 @@ class MainWindow(QMainWindow):
         self.first_run_dialog: FirstRunDialog | None = None
         self._closed = False
         self._history_task = None
+        self._show_serial = 0  # the latest image asked for wins when several load at once
 
         self.tasks = AsyncTasks()
         self.host = WorkerHost(self)
@@ -117,9 +119,17 @@ class MainWindow(QMainWindow):
         scroll.setWidget(sidebar)
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setMinimumWidth(360)
+        scroll.setMinimumWidth(max(360, sidebar.minimumSizeHint().width() + 14))
 
-        right = self._column("stage", (10, 10, 14, 10), 8, [(self.canvas_panel, 1), (self.history_strip, 0)])
+        self.canvas_panel.add_tool_widget(self.favorites.star_button)
+        self.stage_tabs = QTabWidget()
+        self.stage_tabs.setObjectName("stageTabs")
+        self.stage_tabs.setDocumentMode(True)
+        self.stage_tabs.tabBar().setDrawBase(False)
+        self.stage_tabs.addTab(self.canvas_panel, "Canvas")
+        self.stage_tabs.addTab(self.favorites.page, "Library")
+        self.favorites.bind_tabs(self.stage_tabs)
+        right = self._column("stage", (10, 6, 14, 10), 8, [(self.stage_tabs, 1), (self.history_strip, 0)])
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.setObjectName("mainSplitter")
@@ -128,10 +138,6 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setSizes([400, 900])
         self.setCentralWidget(self.splitter)
-        self.canvas_panel.add_tool_widget(self.favorites.star_button)
-        self.canvas_panel.add_tool_widget(self.favorites.library_button)
-        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.favorites.dock)
-        self.resizeDocks([self.favorites.dock], [340], Qt.Orientation.Horizontal)
         self.statusBar().addPermanentWidget(self.model_label)
 
     def _action(self, text: str, slot, shortcuts=(), name: str = "") -> QAction:
@@ -244,6 +250,7 @@ class MainWindow(QMainWindow):
         job = GenerationJob(params=params, output_dir=self.output_dir(), preview=self.settings.preview_enabled)
         if not self.host.generate(job):
             return False
+        self.favorites.show_library(False)  # the previews show on the canvas
         waiting = "Waiting for the model to finish loading…" if self.host.state == "loading" else "Starting…"
         self.run_bar.set_mode("running", waiting)
         return True
@@ -348,13 +355,17 @@ class MainWindow(QMainWindow):
         self._history_task = self.tasks.spawn(history.load_history(folder, self.tasks, self.history_strip))
 
     def show_history_image(self, path: str) -> None:
+        self.favorites.show_library(False)
         if self.canvas.path == path and not self.canvas.is_preview():
             return
-        self.tasks.spawn(self._show_file(path))
+        self._show_serial += 1
+        self.tasks.spawn(self._show_file(path, self._show_serial))
 
-    async def _show_file(self, path: str) -> None:
+    async def _show_file(self, path: str, serial: int) -> None:
         image = await self.tasks.run(history.load_qimage, path)
         meta = await self.tasks.run(read_params, path)
+        if serial != self._show_serial:
+            return  # another image was asked for meanwhile
         if image is None:
             self.statusBar().showMessage(f"Could not open {Path(path).name}", 6000)
             return

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fixtures_app import RUN_TIMEOUT_MS, open_window, set_small_params, tiny_checkpoint  # noqa: F401  (pytest fixtures, used as arguments)
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction
-from PySide6.QtWidgets import QDockWidget, QLineEdit, QListWidget, QToolButton
+from PySide6.QtWidgets import QLineEdit, QListWidget, QTabWidget, QToolButton
 
 from inkpunk_studio.favorites import STAR_OFF, STAR_ON
 from inkpunk_studio.metadata import read_params
@@ -55,15 +55,19 @@ def test_star_keeps_a_favorite_across_a_restart_with_search_and_restore(qtbot, o
         menu.findChild(QAction, "historyFavoriteAction").trigger()
     assert library.count() == 2
     view = window.findChild(LibraryView, "libraryView")
-    assert view.isVisible() and [f.params.seed for f in view.favorites()] == [78, 77]
+    assert [f.params.seed for f in view.favorites()] == [78, 77]
+    tabs = window.findChild(QTabWidget, "stageTabs")
+    assert not view.isVisible() and tabs.tabText(1) == "Library (2)"
+    qtbot.keyClick(window.prompt_panel.prompt_edit, Qt.Key.Key_L, CTRL)  # Ctrl+L shows the Library tab
+    assert view.isVisible() and window.favorites.toggle_action.isChecked()
     window.close()
     assert window.favorites.library._closed  # the database was closed with the window
 
     # restart on the same data folder: both favorites are in the Library view, with thumbnails
     window = open_window(checkpoint=tiny_checkpoint, data_dir=data, wait_ready=False)
     view = window.findChild(LibraryView, "libraryView")
-    dock = window.findChild(QDockWidget, "libraryDock")
-    assert dock.isVisible() and dock.widget() is view
+    window.findChild(QAction, "libraryToggleAction").trigger()  # View ▸ Library
+    assert view.isVisible()
     grid = view.findChild(QListWidget, "libraryList")
     assert [f.params.prompt for f in view.favorites()] == ["nvinkpunk a harbour at night", "nvinkpunk a starred fox"]
     qtbot.waitUntil(lambda: all(grid.item(i).icon().cacheKey() != view._placeholder.cacheKey()
@@ -89,6 +93,7 @@ def test_star_keeps_a_favorite_across_a_restart_with_search_and_restore(qtbot, o
     # show it on the canvas (the star knows it is a favorite), then use it as the init image
     view.showAction.trigger()
     qtbot.waitUntil(lambda: window.canvas.path == str(favorite.path), timeout=10_000)
+    assert window.canvas.isVisible() and not view.isVisible()  # "Show" goes to the canvas tab
     qtbot.waitUntil(lambda: window.favorites.star_button.text() == STAR_ON, timeout=10_000)
     view.initImageAction.trigger()
     qtbot.waitUntil(window.init_panel.has_image, timeout=10_000)

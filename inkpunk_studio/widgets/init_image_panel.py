@@ -15,12 +15,13 @@ from pathlib import Path
 
 from PIL import Image
 from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QSize, Qt, Signal
-from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtGui import QImage, QPixmap, QResizeEvent
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QSlider,
     QToolButton,
     QVBoxLayout,
@@ -81,6 +82,30 @@ def read_source(source: str | Path | bytes | QImage, max_pixels: int = DEFAULT_M
     return LoadedImage(image, params, to_qimage(small))
 
 
+class ElidedLabel(QLabel):
+    """A one-line label that shortens its text with "…" to the width it gets (and asks for no minimum)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._full = ""
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+
+    def set_full_text(self, text: str) -> None:
+        self._full = text
+        self.setToolTip(text)
+        self._elide()
+
+    def full_text(self) -> str:
+        return self._full
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        self.setText(self.fontMetrics().elidedText(self._full, Qt.TextElideMode.ElideMiddle, max(self.width(), 20)))
+
+
 class InitImagePanel(QWidget):
     """Empty: a one-line hint and "Choose…". Set: thumbnail, name, strength slider, clear, restore offer."""
 
@@ -121,15 +146,19 @@ class InitImagePanel(QWidget):
 
         self.full = QWidget(self)
         self.full.setObjectName("initImageFull")
+        self.full.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)  # draw the QSS frame
         self.thumb = QLabel(self.full)
         self.thumb.setObjectName("initImageThumb")
         self.thumb.setFixedSize(QSize(THUMB, THUMB))
         self.thumb.setAlignment(Qt.AlignmentFlag.AlignCenter)
         title = QLabel("Init image", self.full)
         title.setProperty("role", "section")
-        self.name_label = QLabel(self.full)
+        self.name_label = ElidedLabel(self.full)
         self.name_label.setObjectName("initImageName")
         self.name_label.setProperty("role", "hint")
+        self.size_label = QLabel(self.full)
+        self.size_label.setObjectName("initImageSize")
+        self.size_label.setProperty("role", "hint")
         self.clear_button = QToolButton(self.full)
         self.clear_button.setObjectName("clearInitButton")
         self.clear_button.setText("✕")
@@ -156,7 +185,8 @@ class InitImagePanel(QWidget):
         top = QHBoxLayout()
         top.setSpacing(6)
         top.addWidget(title)
-        top.addWidget(self.name_label, 1)
+        top.addStretch(1)
+        top.addWidget(self.size_label)
         top.addWidget(self.clear_button)
         strength = QHBoxLayout()
         strength_label = QLabel("Strength", self.full)
@@ -166,11 +196,12 @@ class InitImagePanel(QWidget):
         right = QVBoxLayout()
         right.setSpacing(4)
         right.addLayout(top)
+        right.addWidget(self.name_label)
         right.addLayout(strength)
         right.addWidget(self.restore_button, 0, Qt.AlignmentFlag.AlignLeft)
         right.addStretch(1)
         body = QHBoxLayout(self.full)
-        body.setContentsMargins(0, 0, 0, 0)
+        body.setContentsMargins(8, 8, 8, 8)
         body.setSpacing(10)
         body.addWidget(self.thumb, 0, Qt.AlignmentFlag.AlignTop)
         body.addLayout(right, 1)
@@ -218,9 +249,8 @@ class InitImagePanel(QWidget):
                                Qt.TransformationMode.SmoothTransformation)
         pixmap.setDevicePixelRatio(ratio)
         self.thumb.setPixmap(pixmap)
-        w, h = loaded.image.size
-        self.name_label.setText(f"{_elide(name, 26)}  ·  {w}×{h}")
-        self.name_label.setToolTip(name)
+        self.name_label.set_full_text(name)
+        self.size_label.setText("{}×{}".format(*loaded.image.size))
         self._show_state()
         self.imageSet.emit(name, loaded.params)
 
@@ -273,7 +303,3 @@ class InitImagePanel(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Choose an init image", str(Path.home()), IMAGE_FILTER)
         if path:
             self.load(path)
-
-
-def _elide(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
