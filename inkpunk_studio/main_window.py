@@ -1,10 +1,10 @@
 """The main window: a composition of focused widgets around one WorkerHost.
 
 Layout: a sidebar (prompts, the img2img init image, parameters, Generate/Cancel with progress) on the left;
-in the middle the canvas with its toolbar row (restore, star, library) and, below it, the history strip; the
-favorites Library in a dock on the right. The window only wires things together: widgets emit what the
-person did, the window turns it into a GenerationParams/GenerationJob for the WorkerHost, and the host's
-plain-data signals come back to widget methods. Favorites are wired by :class:`FavoritesController`.
+on the right two tabs, the canvas with its toolbar row (restore, star) and the favorites Library (Ctrl+L),
+above the history strip. The window only wires things together: widgets emit what the person did, the
+window turns it into a GenerationParams/GenerationJob for the WorkerHost, and the host's plain-data signals
+come back to widget methods. Favorites are wired by :class:`FavoritesController`.
 """
 
 from __future__ import annotations
