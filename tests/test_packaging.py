@@ -120,11 +120,12 @@ def test_wheel_contains_code_tokenizer_and_resources(wheel: Path) -> None:
         for module in (ROOT / package.replace(".", "/")).glob("*.py"):
             arcname = f"{package.replace('.', '/')}/{module.name}"
             assert arcname in names, f"{arcname} missing from the wheel"
-    # All resources ship (style sheet, presets, icon...).
+    # All resources ship (style sheet, presets, icon...), but not the README's screenshot.
+    dev_only = {"screenshot.png"}
     for resource in (ROOT / "resources").rglob("*"):
         if resource.is_file() and "__pycache__" not in resource.parts:
             arcname = "inkpunk_resources/" + resource.relative_to(ROOT / "resources").as_posix()
-            assert arcname in names, f"{arcname} missing from the wheel"
+            assert (arcname in names) != (resource.name in dev_only), f"{arcname}: wrongly shipped or missing"
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     ).decode()
