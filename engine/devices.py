@@ -95,3 +95,4 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> tuple[torch
         bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
         vae_dtype = torch.bfloat16 if bf16_ok else torch.float32
     return chosen, vae_dtype
+

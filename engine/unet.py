@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import layers
 from engine.attention import FusedProjection, attention
 from engine.config import GROUPS, UNetConfig
+from engine.layers import Conv2d, NearestUpsampleConv
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -34,17 +36,17 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_dim: int, out_channels: int):
         super().__init__()
         self.in_layers = nn.Sequential(
-            nn.GroupNorm(GROUPS, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            nn.GroupNorm(GROUPS, channels), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1)
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_channels))
         self.out_layers = nn.Sequential(
             nn.GroupNorm(GROUPS, out_channels),
             nn.SiLU(),
             nn.Dropout(0.0),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            Conv2d(out_channels, out_channels, 3, padding=1),
         )
         self.skip_connection = (
-            nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+            nn.Identity() if channels == out_channels else Conv2d(channels, out_channels, 1)
         )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -126,11 +128,11 @@ class SpatialTransformer(nn.Module):
     def __init__(self, channels: int, context_dim: int, heads: int, depth: int):
         super().__init__()
         self.norm = nn.GroupNorm(GROUPS, channels, eps=1e-6)  # LDM's Normalize(): eps 1e-6, unlike ResBlock
-        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.proj_in = Conv2d(channels, channels, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(channels, context_dim, heads) for _ in range(depth)
         )
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.proj_out = Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -148,7 +150,7 @@ class SpatialTransformer(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -157,11 +159,15 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
+        self.fast = NearestUpsampleConv(self.conv)  # the same numbers, 2.25x fewer multiply-adds
 
     def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         # `size`: the matching skip's size, so odd latent sizes (width % 64 != 0) come back to the right
         # shape, as diffusers does with `upsample_size`.
+        doubled = size is None or tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1])
+        if doubled and layers.PHASE_UPSAMPLE and not torch.is_grad_enabled():
+            return self.fast(x)
         if size is None:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         else:
@@ -199,7 +205,7 @@ class UNet(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
         self.input_blocks = nn.ModuleList(
-            [TimestepEmbedSequential([nn.Conv2d(cfg.in_channels, mc, 3, padding=1)])]
+            [TimestepEmbedSequential([Conv2d(cfg.in_channels, mc, 3, padding=1)])]
         )
         skip_channels = [mc]
         ch = mc
@@ -231,7 +237,7 @@ class UNet(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(layers))
 
         self.out = nn.Sequential(
-            nn.GroupNorm(GROUPS, ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1)
+            nn.GroupNorm(GROUPS, ch), nn.SiLU(), Conv2d(mc, cfg.out_channels, 3, padding=1)
         )
 
     def fuse_projections(self) -> None:

@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import layers
 from engine.attention import FusedProjection, attention
 from engine.config import GROUPS, VAEConfig
+from engine.layers import Conv2d, NearestUpsampleConv
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +36,11 @@ class ResnetBlock(nn.Module):
     def __init__(self, channels: int, out_channels: int):
         super().__init__()
         self.norm1 = norm(channels)
-        self.conv1 = nn.Conv2d(channels, out_channels, 3, padding=1)
+        self.conv1 = Conv2d(channels, out_channels, 3, padding=1)
         self.norm2 = norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
         if channels != out_channels:
-            self.nin_shortcut = nn.Conv2d(channels, out_channels, 1)
+            self.nin_shortcut = Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # In-place SiLU and residual add: every tensor they overwrite was just made here.
@@ -79,7 +81,7 @@ class AttnBlock(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+        self.conv = Conv2d(channels, channels, 3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))  # LDM pads right/bottom only
@@ -88,9 +90,12 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
+        self.fast = NearestUpsampleConv(self.conv)  # the same numbers, 2.25x fewer multiply-adds
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if layers.PHASE_UPSAMPLE and not torch.is_grad_enabled():
+            return self.fast(x)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
@@ -126,7 +131,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         ch = cfg.channels
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        self.conv_in = Conv2d(cfg.in_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
         widths = [ch] + [ch * m for m in cfg.channel_mult]
         for i in range(len(cfg.channel_mult)):
@@ -139,7 +144,7 @@ class Encoder(nn.Module):
         top = widths[-1]
         self.mid = Mid(top)
         self.norm_out = norm(top)
-        self.conv_out = nn.Conv2d(top, 2 * cfg.z_channels, 3, padding=1)  # mean and log-variance
+        self.conv_out = Conv2d(top, 2 * cfg.z_channels, 3, padding=1)  # mean and log-variance
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
@@ -154,7 +159,7 @@ class Decoder(nn.Module):
         super().__init__()
         widths = [cfg.channels * m for m in cfg.channel_mult]
         top = widths[-1]
-        self.conv_in = nn.Conv2d(cfg.z_channels, top, 3, padding=1)
+        self.conv_in = Conv2d(cfg.z_channels, top, 3, padding=1)
         self.mid = Mid(top)
         # Stored lowest resolution last (`up.0` is full size), run from the top level down.
         up: list[nn.Module] = []
@@ -167,7 +172,7 @@ class Decoder(nn.Module):
             up.insert(0, Level(blocks, Upsample(ch) if i else None, "upsample"))
         self.up = nn.ModuleList(up)
         self.norm_out = norm(ch)
-        self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
+        self.conv_out = Conv2d(ch, cfg.out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
@@ -182,8 +187,8 @@ class VAE(nn.Module):
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+        self.quant_conv = Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
+        self.post_quant_conv = Conv2d(cfg.embed_dim, cfg.z_channels, 1)
 
     def fuse_projections(self) -> None:
         """Run each mid attention's q/k/v as one matmul (after loading; see FusedProjection)."""
