@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.attention import fuse_projections, fusion_groups
 from engine.clip import TextEncoder
 from engine.config import TextEncoderConfig, UNetConfig, VAEConfig
 from engine.devices import prefers_channels_last
@@ -308,26 +309,36 @@ class _Converter:
     """Copies file tensors into new model tensors of the target device, dtype and memory layout.
 
     Always a copy, even where the dtype already matches: the model must not keep the file's mapped pages
-    (it would change if the file did, and Windows would keep the file locked). On the CPU, PyTorch converts
-    fp16 -> bf16 one element at a time (~4 ns each: 4 s for SD1.5's 1.07 B weights on a 2-core Xeon); via a
-    reused fp32 scratch buffer both halves run vectorised (~1 ns each).
+    (it would change if the file did, and Windows would keep the file locked). On the CPU, fp16 -> bf16 goes
+    through a small fp32 scratch buffer, a few hundred thousand elements at a time, so both halves run
+    vectorised in cache (measured on SD1.5: 0.3 ns per weight instead of 0.6-4 ns for PyTorch's direct copy).
     """
+
+    CHUNK = 1 << 18  # elements per scratch pass: 1 MiB of fp32, stays in L2
 
     def __init__(self, device: torch.device, dtype: torch.dtype, channels_last: bool):
         self.device, self.dtype, self.channels_last = device, dtype, channels_last
-        self.scratch = torch.empty(0)
+        self.scratch = torch.empty(self.CHUNK) if device.type == "cpu" else None
 
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+    def __call__(self, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """v converted into `out` (default: a new tensor; channels_last for 4-D weights if so configured)."""
         dtype = self.dtype if v.is_floating_point() else v.dtype
-        if self.channels_last and v.ndim == 4:
-            out = torch.empty(v.shape, dtype=dtype, device=self.device, memory_format=torch.channels_last)
-        else:
-            out = torch.empty(v.shape, dtype=dtype, device=self.device)
-        if self.device.type == "cpu" and v.dtype == torch.float16 and dtype == torch.bfloat16:
-            if self.scratch.numel() < v.numel():
-                self.scratch = torch.empty(v.numel())
-            v = self.scratch[: v.numel()].view(v.shape).copy_(v)
-        return out.copy_(v)
+        cl = self.channels_last and v.ndim == 4
+        if out is None:
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            out = torch.empty(v.shape, dtype=dtype, device=self.device, memory_format=fmt)
+        cl = cl and out.is_contiguous(memory_format=torch.channels_last)
+        if self.scratch is None or not (v.dtype == torch.float16 and dtype == torch.bfloat16) or v.ndim == 0:
+            return out.copy_(v)
+        # Walk both in the output's memory order (NHWC for channels_last), whole rows of dim 0 at a time.
+        src, dst = (v.permute(0, 2, 3, 1), out.permute(0, 2, 3, 1)) if cl else (v, out)
+        row = max(1, src[0].numel()) if src.ndim > 1 else 1
+        step = max(1, self.CHUNK // row)
+        for i in range(0, src.shape[0], step):
+            part = src[i : i + step]
+            tmp = self.scratch[: part.numel()].view(part.shape)
+            dst[i : i + step].copy_(tmp.copy_(part))
+        return out
 
 
 def build(
@@ -342,7 +353,7 @@ def build(
     """Construct on the meta device (no memory), then adopt the converted tensors directly (assign=True).
 
     Inference layout: conv weights channels_last where the device runs it faster (see devices.py), so the
-    activations follow; attention projections fused (`fuse_projections`, state dict keys unchanged).
+    activations follow; attention projections fused (see attention.FusedProjection; state dict keys unchanged).
     """
     with torch.device("meta"):
         module = module_cls(cfg)
@@ -362,17 +373,28 @@ def build(
             f"model {tuple(expected[k].shape)} ({len(bad)} mismatches)"
         )
     # Convert one tensor at a time and drop the file's (memory-mapped) copy as we go: one copy of each
-    # weight, made straight into the layout it runs in; peak memory stays ~ one model.
+    # weight, made straight into the layout it runs in; peak memory stays ~ one model. Layers that will run
+    # as one matmul (attention q/k/v) are converted into consecutive rows of one tensor.
     convert = _Converter(device, dtype, prefers_channels_last(device))
     converted = {}
+    for names, _ in fusion_groups(module):
+        for kind in ("weight", "bias"):
+            keys = [f"{n}.{kind}" for n in names]
+            if not all(k in state for k in keys):
+                continue
+            shapes = [state[k].shape for k in keys]
+            rows = sum(shape[0] for shape in shapes)
+            fused = torch.empty((rows, *shapes[0][1:]), dtype=dtype, device=device)
+            start = 0
+            for k, shape in zip(keys, shapes):
+                converted[k] = convert(state.pop(k), out=fused[start : start + shape[0]])
+                start += shape[0]
     for k in list(state):
         converted[k] = convert(state.pop(k))
     del convert
     module.load_state_dict(converted, strict=True, assign=True)
     del converted
-    fuse = getattr(module, "fuse_projections", None)
-    if fuse is not None:
-        fuse()
+    fuse_projections(module)
     return module.eval().requires_grad_(False)
 
 

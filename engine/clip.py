@@ -36,7 +36,8 @@ class SelfAttention(nn.Module):
         self.k_proj = nn.Linear(width, width)
         self.v_proj = nn.Linear(width, width)
         self.out_proj = nn.Linear(width, width)
-        self.fused = FusedProjection()  # q, k, v as one matmul, filled by TextEncoder.fuse_projections()
+        self.fusable = ("q_proj", "k_proj", "v_proj")  # run as one matmul once loaded (see FusedProjection)
+        self.fused = FusedProjection()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.fused(x)
@@ -104,12 +105,6 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.config = cfg
         self.text_model = TextModel(cfg)
-
-    def fuse_projections(self) -> None:
-        """Run each layer's q/k/v projections as one matmul (after loading; see FusedProjection)."""
-        for layer in self.text_model.encoder.layers:
-            attn = layer.self_attn
-            attn.fused.fuse(attn.q_proj, attn.k_proj, attn.v_proj)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.ndim != 2 or ids.shape[1] > self.config.max_positions:

@@ -58,29 +58,25 @@ class ResBlock(nn.Module):
 class CrossAttention(nn.Module):
     """Self-attention when `context` is None, else queries from x and keys/values from the text."""
 
-    def __init__(self, dim: int, context_dim: int, heads: int):
+    def __init__(self, dim: int, context_dim: int, heads: int, self_attention: bool = False):
         super().__init__()
         self.heads = heads
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(context_dim, dim, bias=False)
         self.to_v = nn.Linear(context_dim, dim, bias=False)
         self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(0.0))
-        self.fused = FusedProjection()  # filled by fuse_projections() after loading
-
-    def fuse_projections(self, self_attention: bool) -> None:
-        """Self-attention: one (3C, C) matmul for q, k, v; cross-attention: one (2C, D) for k, v."""
-        if self_attention:
-            self.fused.fuse(self.to_q, self.to_k, self.to_v)
-        else:
-            self.fused.fuse(self.to_k, self.to_v)
+        # What one matmul computes once fused after loading (see FusedProjection): q, k, v of x for
+        # self-attention, k and v of the text for cross-attention.
+        self.fusable = ("to_q", "to_k", "to_v") if self_attention else ("to_k", "to_v")
+        self.fused = FusedProjection()
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if context is None:
-            qkv = self.fused(x)
+            qkv = self.fused(x) if len(self.fusable) == 3 else None
             q, k, v = qkv if qkv is not None else (self.to_q(x), self.to_k(x), self.to_v(x))
         else:
             q = self.to_q(x)
-            kv = self.fused(context)
+            kv = self.fused(context) if len(self.fusable) == 2 else None
             k, v = kv if kv is not None else (self.to_k(context), self.to_v(context))
         return self.to_out(attention(q, k, v, self.heads))
 
@@ -109,7 +105,7 @@ class FeedForward(nn.Module):
 class BasicTransformerBlock(nn.Module):
     def __init__(self, dim: int, context_dim: int, heads: int):
         super().__init__()
-        self.attn1 = CrossAttention(dim, dim, heads)
+        self.attn1 = CrossAttention(dim, dim, heads, self_attention=True)
         self.ff = FeedForward(dim)
         self.attn2 = CrossAttention(dim, context_dim, heads)
         self.norm1 = nn.LayerNorm(dim)
@@ -160,13 +156,16 @@ class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.conv = Conv2d(channels, channels, 3, padding=1)
-        self.fast = NearestUpsampleConv(self.conv)  # the same numbers, 2.25x fewer multiply-adds
+        # The same numbers with 2.25x fewer multiply-adds, for 16/9 of the conv weight in extra memory (the
+        # 2x2 phase kernels). Used with 16-bit weights (+118 MB for SD1.5, 4% a step); in fp32 the extra
+        # 236 MB would break the memory budget (docs/benchmarks.md).
+        self.fast = NearestUpsampleConv(self.conv)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         # `size`: the matching skip's size, so odd latent sizes (width % 64 != 0) come back to the right
         # shape, as diffusers does with `upsample_size`.
         doubled = size is None or tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1])
-        if doubled and layers.PHASE_UPSAMPLE and not torch.is_grad_enabled():
+        if doubled and layers.PHASE_UPSAMPLE and x.dtype != torch.float32 and not torch.is_grad_enabled():
             return self.fast(x)
         if size is None:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
@@ -239,13 +238,6 @@ class UNet(nn.Module):
         self.out = nn.Sequential(
             nn.GroupNorm(GROUPS, ch), nn.SiLU(), Conv2d(mc, cfg.out_channels, 3, padding=1)
         )
-
-    def fuse_projections(self) -> None:
-        """Fuse every self-attention's q/k/v and cross-attention's k/v into one matmul (after loading)."""
-        for m in self.modules():
-            if isinstance(m, BasicTransformerBlock):
-                m.attn1.fuse_projections(self_attention=True)
-                m.attn2.fuse_projections(self_attention=False)
 
     def forward(
         self,

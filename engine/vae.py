@@ -61,7 +61,8 @@ class AttnBlock(nn.Module):
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
-        self.fused = FusedProjection()  # q, k, v as one matmul, filled by VAE.fuse_projections()
+        self.fusable = ("q", "k", "v")  # run as one matmul once loaded (see FusedProjection)
+        self.fused = FusedProjection()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -189,12 +190,6 @@ class VAE(nn.Module):
         self.decoder = Decoder(cfg)
         self.quant_conv = Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
         self.post_quant_conv = Conv2d(cfg.embed_dim, cfg.z_channels, 1)
-
-    def fuse_projections(self) -> None:
-        """Run each mid attention's q/k/v as one matmul (after loading; see FusedProjection)."""
-        for m in self.modules():
-            if isinstance(m, AttnBlock):
-                m.fused.fuse(m.q, m.k, m.v)
 
     def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """image (B, 3, H, W) in [-1, 1] -> z (B, 4, H/8, W/8), unscaled (multiply by SCALING_FACTOR).
