@@ -36,14 +36,14 @@ class Conv2d(nn.Conv2d):
     15-30 ms of convolution). The first inference call packs the weight once, for that call's input shape
     (other shapes stay correct), and the packed tensor *replaces* the dense one: no extra memory, the same
     numbers. state_dict() still returns dense weights; load_state_dict() and .to()/.float()/.cuda() unpack
-    first; a call with autograd recording unpacks too.
+    first; a call that autograd records unpacks too.
     """
 
     _packed = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed:
-            if not (torch.is_grad_enabled() and x.requires_grad):
+            if not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
                 return torch.ops.mkldnn._convolution_pointwise(
                     x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
                     "none", [], "",
@@ -80,7 +80,7 @@ class Conv2d(nn.Conv2d):
     def unpack(self) -> None:
         if self._packed:
             dense = self.weight.to_dense().contiguous(memory_format=torch.channels_last)
-            self.weight = nn.Parameter(dense, requires_grad=False)
+            self.weight = nn.Parameter(dense, requires_grad=self.weight.requires_grad)
             self._packed = False
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
