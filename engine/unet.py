@@ -88,9 +88,19 @@ class GEGLU(nn.Module):
         super().__init__()
         self.proj = nn.Linear(dim, hidden * 2)
 
+    # Above this many output elements (level 1 at 512x512 with CFG: 21 M), the projection runs as two
+    # half-size matmuls: the one big output would be a fresh allocation that the CPU page-faults in on every
+    # call (32 MB and up bypass malloc's reuse), ~20% of this layer's time. Same numbers either way.
+    SPLIT_ABOVE = 1 << 24
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.proj.out_features // 2
+        if x.numel() // x.shape[-1] * self.proj.out_features > self.SPLIT_ABOVE:
+            w, b = self.proj.weight, self.proj.bias
+            gate = F.gelu(F.linear(x, w[hidden:], b[hidden:]))
+            return gate.mul_(F.linear(x, w[:hidden], b[:hidden]))
         x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
+        return F.gelu(gate).mul_(x)
 
 
 class FeedForward(nn.Module):

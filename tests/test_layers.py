@@ -129,3 +129,16 @@ def test_converter_fp16_to_bf16_exact():
         out = convert(v)
         assert torch.equal(out, v.to(torch.bfloat16))
         assert out.is_contiguous(memory_format=torch.channels_last) if len(shape) == 4 else out.is_contiguous()
+
+
+def test_geglu_split_path_same_numbers(monkeypatch):
+    from engine.unet import GEGLU
+
+    geglu = GEGLU(16, 32).requires_grad_(False)
+    x = torch.randn(2, 10, 16)
+    with torch.inference_mode():
+        whole = geglu(x)
+        monkeypatch.setattr(GEGLU, "SPLIT_ABOVE", 0)
+        split = geglu(x)
+        h, gate = geglu.proj(x).chunk(2, dim=-1)
+    assert torch.allclose(split, whole, atol=1e-6) and torch.allclose(whole, h * F.gelu(gate), atol=1e-6)
