@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,28 @@ def child(args: list[str]) -> dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark child {args} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def load_times(path: Path, first_load_s: float, runs: int, args: list[str]) -> dict[str, Any]:
+    """Load-to-ready against one warm read of the file, as medians over `runs` fresh processes.
+
+    Each load (the memory child's is the first) is paired with a warm read timed next to it, so a drift
+    in the machine's speed hits both sides of each ratio.
+    """
+    reads = [warm_read(path)]  # next to the memory child's load
+    loads = [first_load_s]
+    for _ in range(runs - 1):
+        reads.append(warm_read(path))
+        loads.append(child(["load", *args, "--checkpoint", str(path)])["load_s"])
+    fresh = [r["warm_read_fresh_s"] for r in reads]
+    return {
+        "load_s": statistics.median(loads),
+        "load_runs_s": loads,
+        "warm_read_s": statistics.median(r["warm_read_s"] for r in reads),
+        "warm_read_fresh_s": statistics.median(fresh),
+        "load_vs_warm_read": statistics.median(t / r["warm_read_s"] for t, r in zip(loads, reads)),
+        "load_vs_warm_read_fresh": statistics.median(t / f for t, f in zip(loads, fresh)),
+    }
 
 
 def default_precisions(device: torch.device) -> list[torch.dtype]:
@@ -152,16 +175,15 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             log.info("writing %s", path)
             torch.save({"state_dict": state}, path)
             report["checkpoint_bytes"] = path.stat().st_size
-            report.update(warm_read(path))
+            warm_read(path)  # puts the file in the page cache
             checkpoint = ["--checkpoint", str(path)]
         del state
         gc.collect()
         for dtype in precisions:
             log.info("%s: load and generation memory (fresh process)", SHORT[dtype])
             mem = child(["memory", "--precision", SHORT[dtype], *common, *checkpoint])
-            if "load_s" in mem:
-                mem["load_vs_warm_read"] = mem["load_s"] / report["warm_read_s"]
-                mem["load_vs_warm_read_fresh"] = mem["load_s"] / report["warm_read_fresh_s"]
+            if checkpoint:
+                mem.update(load_times(path, mem["load_s"], opts.runs, ["--precision", SHORT[dtype], *common]))
             report["results"][SHORT[dtype]].update(mem)
     if opts.tiled:
         log.info("tiled decode of %dx%d", opts.tiled, opts.tiled)
@@ -222,13 +244,15 @@ def format_report(r: dict[str, Any]) -> str:
                     f"VAE {x[f'vae_rel_diff_vs_{other}']:.1e}"
                 )
         if "load_s" in x:
+            runs = x.get("load_runs_s", [x["load_s"]])
             lines.append(
                 f"  {'load to ready':24s}{x['load_s']:8.2f} s   {x['load_vs_warm_read_fresh']:.2f}x a warm f.read() "
-                f"of the {_gb(r['checkpoint_bytes'])} file ({r['warm_read_fresh_s']:.2f} s)"
+                f"of the {_gb(r['checkpoint_bytes'])} file ({x['warm_read_fresh_s']:.2f} s); "
+                f"{len(runs)} fresh processes, {min(runs):.2f}-{max(runs):.2f} s"
             )
             lines.append(
                 f"  {'':24s}{'':10s}   {x['load_vs_warm_read']:.2f}x reading it into one reused buffer "
-                f"({r['warm_read_s']:.2f} s); peak during load {_gb(x['load_peak'])}"
+                f"({x['warm_read_s']:.2f} s); peak during load {_gb(x['load_peak'])}"
             )
         if x.get("generation_peak") is not None:
             extra = x["generation_peak"] - x["weights_bytes"]
@@ -285,7 +309,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    p.add_argument("--child", choices=("memory", "tiled"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("memory", "load", "tiled"), help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     p.add_argument("--tiled-side", type=int, default=2048, help=argparse.SUPPRESS)
     opts = p.parse_args(argv)

@@ -311,6 +311,8 @@ def run_child(opts: argparse.Namespace) -> dict[str, Any]:
         _sync(device)
         out["load_s"] = time.perf_counter() - started
         out["load_peak"] = peak_rss()
+        if opts.child == "load":
+            return out
     else:
         dtype, vae_dtype = resolve_dtype(opts.precision, device)
         models = our_models(random_state(opts.size), device, dtype, vae_dtype)
