@@ -142,3 +142,9 @@ def test_geglu_split_path_same_numbers(monkeypatch):
         split = geglu(x)
         h, gate = geglu.proj(x).chunk(2, dim=-1)
     assert torch.allclose(split, whole, atol=1e-6) and torch.allclose(whole, h * F.gelu(gate), atol=1e-6)
+    # with autograd recording, the split path's GELU is not in place, so backward works
+    geglu.requires_grad_(True)
+    xg = x.clone().requires_grad_(True)
+    out = geglu(xg)
+    out.sum().backward()
+    assert torch.allclose(out.detach(), whole, atol=1e-6) and xg.grad is not None and geglu.proj.weight.grad is not None
