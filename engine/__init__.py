@@ -1,19 +1,43 @@
 """Inkpunk Studio's from-scratch Stable Diffusion 1.x engine (pure PyTorch, no Qt).
 
-The app and the CLI use only the names exported here.
+The app and the CLI use only the names exported here. Importing the package is cheap: the sampler names and
+the exceptions need no PyTorch, and everything else (torch, the models, the tokenizer) is imported on first
+use, so the app's window is up before the seconds of `import torch` (which the model load then pays on the
+worker thread).
 """
 
 from __future__ import annotations
 
+import importlib
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import Cancelled, CheckpointError
-from engine.pipeline import Pipeline, load_pipeline
-from engine.request import GenerationRequest, GenerationResult, StepEvent
-from engine.samplers import DISPLAY_NAMES, make_sampler
+from engine.names import DISPLAY_NAMES, SAMPLERS
 
-# Sampler names in the order a person should see them: best quality per second first.
-SAMPLERS: tuple[str, ...] = ("dpmpp_2m_karras", "dpmpp_2m", "euler_a", "euler", "ddim", "ddpm")
+if TYPE_CHECKING:
+    from engine.pipeline import Pipeline, load_pipeline
+    from engine.request import GenerationRequest, GenerationResult, StepEvent
+    from engine.samplers import make_sampler
+
+# name -> the module that defines it, imported on first access (PEP 562).
+_LAZY = {
+    "Pipeline": "engine.pipeline",
+    "load_pipeline": "engine.pipeline",
+    "GenerationRequest": "engine.request",
+    "GenerationResult": "engine.request",
+    "StepEvent": "engine.request",
+    "make_sampler": "engine.samplers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 @lru_cache(maxsize=1)

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+from engine.names import DISPLAY_NAMES
 from engine.samplers.ddim import DDIMSampler
 from engine.samplers.ddpm import DDPMSampler
 from engine.samplers.dpmpp_2m import DPMPP2MSampler
@@ -53,16 +54,6 @@ SAMPLERS: dict[str, type] = {
     "euler_a": EulerAncestralSampler,
     "dpmpp_2m": DPMPP2MSampler,
     "dpmpp_2m_karras": DPMPP2MKarrasSampler,
-}
-
-# The names AUTOMATIC1111's web UI writes into its "Sampler:" metadata.
-DISPLAY_NAMES: dict[str, str] = {
-    "ddpm": "DDPM",
-    "ddim": "DDIM",
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
 }
 
 
