@@ -11,12 +11,14 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
 
+from PySide6.QtCore import QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QMainWindow
 
-from . import paths
+from . import STARTED, paths
 from .widgets.theme import apply_theme
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     window = make_window(checkpoint=args.checkpoint, data_dir=args.data_dir)
     app.aboutToQuit.connect(window.shutdown)
     window.show()
+    # Once the event loop has shown it: how long a person waited for the window (the model loads behind it).
+    QTimer.singleShot(0, lambda: log.info("window up %.2f s after start", time.perf_counter() - STARTED))
     with loop:
         loop.run_forever()
     return 0
