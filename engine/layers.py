@@ -18,13 +18,27 @@ PACK_CONV_WEIGHTS = True
 PHASE_UPSAMPLE = True
 
 
-def _packing_available() -> bool:
-    try:  # PyTorch's own ops for pre-packed oneDNN weights (what torch.compile's CPU backend uses)
-        return torch.backends.mkldnn.is_available() and all(
-            hasattr(torch.ops.mkldnn, op) for op in ("_reorder_convolution_weight", "_convolution_pointwise")
-        )
-    except (AttributeError, RuntimeError):
-        return False
+def _packing_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this PyTorch and this CPU can pre-pack `dtype` conv weights (cached per dtype).
+
+    PyTorch's own ops for pre-packed oneDNN weights (what torch.compile's CPU backend uses). bf16 also needs
+    the CPU's support (AVX-512 BW/VL/DQ or AVX-NE-CONVERT): on an AVX2-only CPU the reorder raises, and a bf16
+    model there runs the plain convolution instead.
+    """
+    if dtype not in _PACKING_OK:
+        try:
+            ok = torch.backends.mkldnn.is_available() and all(
+                hasattr(torch.ops.mkldnn, op) for op in ("_reorder_convolution_weight", "_convolution_pointwise")
+            )
+            if ok and dtype == torch.bfloat16:
+                ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            ok = False
+        _PACKING_OK[dtype] = ok
+    return _PACKING_OK[dtype]
+
+
+_PACKING_OK: dict[torch.dtype, bool] = {}
 
 
 class Conv2d(nn.Conv2d):
@@ -50,12 +64,15 @@ class Conv2d(nn.Conv2d):
                 )
             self.unpack()
         elif self._can_pack(x):
-            self.pack(x.shape)
-            return self.forward(x)
+            try:
+                self.pack(x.shape)
+            except RuntimeError:  # oneDNN refused this CPU/dtype after all: the plain path from now on
+                _PACKING_OK[x.dtype] = False
+            else:
+                return self.forward(x)
         return super().forward(x)
 
     def _can_pack(self, x: torch.Tensor) -> bool:
-        global _PACKING_OK
         if not PACK_CONV_WEIGHTS or torch.is_grad_enabled() or self.weight.requires_grad:
             return False
         if x.device.type != "cpu" or self.weight.device.type != "cpu" or x.dim() != 4:
@@ -64,9 +81,7 @@ class Conv2d(nn.Conv2d):
             return False
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
             return False
-        if _PACKING_OK is None:
-            _PACKING_OK = _packing_available()
-        return _PACKING_OK
+        return _packing_available(x.dtype)
 
     def pack(self, input_shape: torch.Size | tuple[int, ...]) -> None:
         with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
@@ -96,9 +111,6 @@ class Conv2d(nn.Conv2d):
         self.unpack()
         return super()._apply(fn, recurse)
 
-
-
-_PACKING_OK: bool | None = None
 
 
 class NearestUpsampleConv:

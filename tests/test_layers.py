@@ -32,10 +32,31 @@ def test_packed_conv_same_numbers_any_shape(dtype):
     with torch.inference_mode():
         first = torch.randn(2, 16, 8, 8, dtype=dtype).contiguous(memory_format=torch.channels_last)
         assert torch.equal(conv(first), plain(first))
-        assert conv._packed == layers._packing_available()
+        assert conv._packed == layers._packing_available(dtype)
         for shape in [(1, 16, 13, 7), (3, 16, 5, 5)]:  # other shapes than the one it was packed for
             x = torch.randn(*shape, dtype=dtype)
             assert rel_err(conv(x), plain(x)) < 1e-6
+
+
+def test_conv_falls_back_when_onednn_refuses_to_pack(monkeypatch):
+    # What an AVX2-only CPU does with bf16 weights: the reorder raises. The layer must run the plain path.
+    tries = []
+
+    def refuse(self, input_shape):
+        tries.append(input_shape)
+        raise RuntimeError("mkldnn_reorder_conv2d_weight: bf16 path needs the cpu support ...")
+
+    monkeypatch.setattr(layers, "_PACKING_OK", {})
+    monkeypatch.setattr(layers.Conv2d, "pack", refuse)
+    monkeypatch.setattr(layers, "_packing_available", lambda dtype=torch.float32: layers._PACKING_OK.get(dtype, True))
+    conv = frozen_conv(4, 6, 3, padding=1)
+    plain = nn.Conv2d(4, 6, 3, padding=1).requires_grad_(False)
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(1, 4, 6, 6)
+    with torch.inference_mode():
+        first, second = conv(x), conv(x)  # the second call must not try again
+    assert rel_err(first, plain(x)) < 1e-6 and torch.equal(first, second)
+    assert not conv._packed and layers._PACKING_OK == {torch.float32: False} and len(tries) == 1
 
 
 def test_packed_conv_state_dict_load_to_and_autograd():
