@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from engine.samplers import SAMPLERS
+from engine.names import SAMPLERS  # not engine.samplers: a request is built without importing torch
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds; keep them in signed range for JSON/SQL
 MIN_SIDE, MAX_SIDE = 64, 2048

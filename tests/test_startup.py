@@ -16,20 +16,28 @@ def _run(code: str) -> str:
 
 
 def test_window_modules_import_without_torch():
+    # ... and pressing Generate while the model still loads builds (and validates) its request without torch
     code = (
         "import sys, engine, inkpunk_studio.app, inkpunk_studio.main_window\n"
         "assert engine.SAMPLERS[0] == 'dpmpp_2m_karras' and engine.DISPLAY_NAMES['euler_a'] == 'Euler a'\n"
+        "engine.GenerationRequest(prompt='a cat', sampler='euler_a', steps=20)\n"
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     assert _run(code) == "[]"
+
+
+def test_torch_free_names_match_the_samplers():
+    from engine import names, samplers
+
+    assert sorted(names.SAMPLERS) == sorted(samplers.SAMPLERS) == sorted(names.DISPLAY_NAMES)
 
 
 def test_engine_names_load_on_first_use():
     code = (
         "import sys, engine\n"
         "from engine.request import GenerationRequest\n"
-        "assert engine.GenerationRequest is GenerationRequest and 'torch' in sys.modules\n"
-        "assert engine.load_pipeline.__module__ == 'engine.pipeline'\n"
+        "assert engine.GenerationRequest is GenerationRequest and 'torch' not in sys.modules\n"
+        "assert engine.load_pipeline.__module__ == 'engine.pipeline' and 'torch' in sys.modules\n"
         "try:\n    engine.no_such_name\nexcept AttributeError as e:\n    print(e)"
     )
     assert _run(code) == "module 'engine' has no attribute 'no_such_name'"
