@@ -1,9 +1,9 @@
 """Inkpunk Studio's from-scratch Stable Diffusion 1.x engine (pure PyTorch, no Qt).
 
-The app and the CLI use only the names exported here. Importing the package is cheap: the sampler names and
-the exceptions need no PyTorch, and everything else (torch, the models, the tokenizer) is imported on first
-use, so the app's window is up before the seconds of `import torch` (which the model load then pays on the
-worker thread).
+The app and the CLI use only the names exported here. Importing the package is cheap: the sampler names,
+the exceptions and the request types need no PyTorch, and everything else (torch, the models, the tokenizer)
+is imported on first use, so the app's window is up before the seconds of `import torch` (which the model
+load then pays on the worker thread).
 """
 
 from __future__ import annotations
@@ -14,19 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import Cancelled, CheckpointError
 from engine.names import DISPLAY_NAMES, SAMPLERS
+from engine.request import GenerationRequest, GenerationResult, StepEvent
 
 if TYPE_CHECKING:
     from engine.pipeline import Pipeline, load_pipeline
-    from engine.request import GenerationRequest, GenerationResult, StepEvent
     from engine.samplers import make_sampler
 
 # name -> the module that defines it, imported on first access (PEP 562).
 _LAZY = {
     "Pipeline": "engine.pipeline",
     "load_pipeline": "engine.pipeline",
-    "GenerationRequest": "engine.request",
-    "GenerationResult": "engine.request",
-    "StepEvent": "engine.request",
     "make_sampler": "engine.samplers",
 }
 
