@@ -18,7 +18,7 @@ PACK_CONV_WEIGHTS = True
 PHASE_UPSAMPLE = True
 
 
-def _packing_available(dtype: torch.dtype = torch.float32) -> bool:
+def _packing_available(dtype: torch.dtype) -> bool:
     """Whether this PyTorch and this CPU can pre-pack `dtype` conv weights (cached per dtype).
 
     PyTorch's own ops for pre-packed oneDNN weights (what torch.compile's CPU backend uses). bf16 also needs
