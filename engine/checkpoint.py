@@ -220,7 +220,7 @@ def _metadata_globals(path: Path, error: BaseException) -> list[str]:
 
 
 def _short(e: BaseException) -> str:
-    """The informative line of a torch.load error (not its advice to retry with weights_only=False)."""
+    """The informative line of a torch.load error (not its advice to retry with the unsafe unpickler)."""
     text = str(e)
     if m := re.search(r"(?:unsupported )?GLOBAL ([\w.]+)", text, re.IGNORECASE):
         return (
