@@ -82,7 +82,7 @@ def download_file(url: str, dest: str | Path, on_progress: ProgressFn, cancel: t
         total = expected_size
         if total is None:
             length = response.headers.get("Content-Length")
-            total = done + int(length) if length and length.isdigit() else None
+            total = done + int(length) if length and length.isascii() and length.isdigit() else None
         on_progress(done, total)
         if response.status_code in (200, 206):
             with open(part, "ab" if done else "wb") as f:

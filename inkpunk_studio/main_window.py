@@ -196,6 +196,7 @@ class MainWindow(QMainWindow):
         self.prompt_panel.presetApplied.connect(self._on_preset)
         self.canvas.dropped.connect(self.init_panel.load)
         self.canvas.dropRejected.connect(self._show_status)
+        self.params_panel.noteShown.connect(self._show_status)
         self.init_panel.loadFailed.connect(self._show_status)
         self.init_panel.imageSet.connect(self._on_init_image_set)
         self.init_panel.restoreRequested.connect(self.apply_image_params)

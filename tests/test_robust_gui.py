@@ -14,6 +14,10 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from fixtures_app import open_window  # noqa: F401 - a pytest fixture
+from PySide6.QtCore import QEvent, Qt
+from PySide6.QtGui import QKeyEvent
+from PySide6.QtWidgets import QApplication
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,3 +134,114 @@ def test_bundle_spec_refuses_an_excluded_installed_release(tmp_path: Path) -> No
     (tmp_path / "pyproject.toml").write_text('[project]\ndependencies = ["PySide6-Essentials>=6.6"]\n',
                                              encoding="utf-8")
     _spec_check_requirements(tmp_path)()  # no error
+
+
+# ---------------------------------------------------------------- number boxes typed by hand
+@pytest.fixture
+def panel(qtbot):
+    import engine
+    from inkpunk_studio.widgets.params_panel import ParamsPanel
+
+    widget = ParamsPanel(engine.SAMPLERS, engine.DISPLAY_NAMES)
+    qtbot.addWidget(widget)
+    widget.show()
+    return widget
+
+
+def _type(qtbot, widget, text: str) -> None:
+    """Real key events: QTest's keyClicks for Latin-1 (a French keyboard's ``²``), a QKeyEvent carrying the
+    character for the rest (QTest asserts on characters it has no key code for, such as ``①``)."""
+    for char in text:
+        if ord(char) < 256:
+            qtbot.keyClicks(widget, char)
+            continue
+        for kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease):
+            QApplication.sendEvent(widget, QKeyEvent(kind, Qt.Key.Key_unknown, Qt.KeyboardModifier.NoModifier,
+                                                     char))
+
+
+def _retype(qtbot, line_edit, text: str) -> None:
+    line_edit.setFocus()
+    line_edit.selectAll()
+    qtbot.keyClick(line_edit, Qt.Key.Key_Delete)
+    _type(qtbot, line_edit, text)
+
+
+@pytest.mark.parametrize("odd", ["²", "①", "٣"])
+def test_seed_box_survives_superscripts_and_circled_digits(qtbot, panel, odd) -> None:
+    spin = panel.seed_spin
+    _retype(qtbot, spin.lineEdit(), "12" + odd)
+    qtbot.keyClick(spin.lineEdit(), Qt.Key.Key_Return)
+    if odd == "٣":  # an Arabic-Indic three is a decimal digit int() reads: 123
+        assert spin.value() == 123
+    else:
+        assert spin.value() == 12  # the odd key was refused
+    assert spin.lineEdit().text() == str(spin.value())
+
+
+@pytest.mark.parametrize("which", ["width_combo", "height_combo"])
+@pytest.mark.parametrize("odd", ["²", "①"])
+def test_size_boxes_survive_superscripts_and_circled_digits(qtbot, panel, which, odd) -> None:
+    combo = getattr(panel, which)
+    _retype(qtbot, combo.lineEdit(), "7" + odd + "68")
+    qtbot.keyClick(combo.lineEdit(), Qt.Key.Key_Return)
+    assert combo.value() == 768
+    assert combo.currentText() == "768"
+
+
+@pytest.mark.parametrize("key", [Qt.Key.Key_Return, Qt.Key.Key_Tab])
+def test_typing_4096_as_size_clamps_to_2048_and_says_so(qtbot, panel, key) -> None:
+    notes: list[str] = []
+    panel.noteShown.connect(notes.append)
+    combo = panel.width_combo
+    _retype(qtbot, combo.lineEdit(), "4096")
+    qtbot.keyClick(combo.lineEdit(), key)
+    assert combo.value() == 2048
+    assert combo.currentText() == "2048"
+    assert notes == ["width 4096 -> 2048 (the largest size is 2048)"]
+
+
+def test_typed_size_off_the_grid_rounds_with_a_note(qtbot, panel) -> None:
+    notes: list[str] = []
+    panel.noteShown.connect(notes.append)
+    _retype(qtbot, panel.height_combo.lineEdit(), "500")
+    qtbot.keyClick(panel.height_combo.lineEdit(), Qt.Key.Key_Return)
+    assert panel.height_combo.value() == 512
+    assert notes == ["height 500 -> 512 (sizes are multiples of 64)"]
+
+
+def test_full_width_digits_type_a_size(qtbot, panel) -> None:
+    _retype(qtbot, panel.width_combo.lineEdit(), "７６８")
+    qtbot.keyClick(panel.width_combo.lineEdit(), Qt.Key.Key_Return)
+    assert panel.width_combo.value() == 768
+    assert panel.width_combo.currentText() == "768"
+
+
+# ---------------------------------------------------------------- restoring parameters says what changed
+def test_restoring_a_huge_seed_says_it_was_capped(panel) -> None:
+    from inkpunk_studio.widgets.seed_spin import MAX_SEED
+
+    notes = panel.set_values(seed=99999999999999999999999)
+    assert panel.seed_spin.value() == MAX_SEED
+    assert notes == [f"seed 99999999999999999999999 -> {MAX_SEED} (seeds go up to {MAX_SEED})"]
+
+
+def test_restoring_a_nan_cfg_keeps_the_old_value_and_says_so(panel) -> None:
+    panel.cfg_spin.setValue(6.0)
+    notes = panel.set_values(cfg_scale=float("nan"))
+    assert panel.cfg_spin.value() == 6.0
+    assert notes == ["CFG scale nan is not a number, kept 6"]
+    assert panel.set_values(cfg_scale=float("inf")) == ["CFG scale inf is not a number, kept 6"]
+    assert panel.set_values(cfg_scale=99.0) == ["CFG scale 99.0 -> 30"]
+
+
+def test_restoring_in_the_window_shows_the_changes_in_the_status_line(open_window) -> None:
+    from inkpunk_studio.metadata import ImageParams
+
+    window = open_window()
+    meta = ImageParams(prompt="a cat", seed=99999999999999999999999, cfg_scale=float("nan"), width=512,
+                       height=512)
+    notes = window.apply_image_params(meta)
+    assert len(notes) == 2
+    message = window.statusBar().currentMessage()
+    assert "seed 99999999999999999999999 ->" in message and "CFG scale nan is not a number" in message
