@@ -411,8 +411,28 @@ class MainWindow(QMainWindow):
 
     def open_output_folder(self) -> None:
         folder = self.output_dir()
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            paths.ensure_folder(folder)
+        except paths.FolderError as exc:
+            box = self.show_error("Can't open the output folder",
+                                  f"{folder}\ncan't be created: {exc.reason}.\n\nChoose another folder for your "
+                                  "images (also in Settings).")
+            box.addButton("Choose Output Folder…", QMessageBox.ButtonRole.AcceptRole).clicked.connect(
+                self.choose_output_folder)
+            return
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+
+    def choose_output_folder(self) -> None:
+        """Pick the folder new images are saved to (the history strip then shows that folder)."""
+        start = self.output_dir()
+        while not start.is_dir() and start != start.parent:
+            start = start.parent
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder for your images", str(start))
+        if folder:
+            self.settings.output_dir = folder
+            self.settings.sync()
+            self.reload_history()
+            self._show_status(f"Images now go to {folder}")
 
     # ------------------------------------------------------------------ dialogs
     def show_error(self, title: str, text: str, offer_checkpoint: bool = False) -> QMessageBox:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from fixtures_app import open_window  # noqa: F401 - a pytest fixture
-from PySide6.QtCore import QEvent, Qt
+from PySide6.QtCore import QEvent, Qt, QTimer
 from PySide6.QtGui import QKeyEvent
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -245,3 +245,135 @@ def test_restoring_in_the_window_shows_the_changes_in_the_status_line(open_windo
     assert len(notes) == 2
     message = window.statusBar().currentMessage()
     assert "seed 99999999999999999999999 ->" in message and "CFG scale nan is not a number" in message
+
+
+# ---------------------------------------------------------------- folders that can't be created
+def _when_visible(kind, act, tries: int = 200) -> None:
+    """Once a top-level ``kind`` widget is showing (a modal dialog's own event loop runs meanwhile), act."""
+    shown = [w for w in QApplication.topLevelWidgets() if isinstance(w, kind) and w.isVisible()]
+    if shown:
+        act(shown[0])
+    elif tries:
+        QTimer.singleShot(20, lambda: _when_visible(kind, act, tries - 1))
+
+
+def _click(box: QMessageBox, text: str) -> None:
+    [button] = [b for b in box.buttons() if b.text().startswith(text)]
+    button.click()
+
+
+def _pick_folder(folder: Path):
+    def act(dialog: QFileDialog) -> None:
+        dialog.setDirectory(str(folder))  # a folder dialog accepts the folder it shows
+        dialog.accept()
+    return act
+
+
+def test_data_dir_given_as_a_file_is_explained_and_another_can_be_chosen(qtbot, tmp_path) -> None:
+    from inkpunk_studio.app import make_window_or_ask
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file", encoding="utf-8")
+    good = tmp_path / "good"
+    good.mkdir()
+    texts: list[str] = []
+
+    def answer(box: QMessageBox) -> None:
+        texts.append(box.text())
+        _when_visible(QFileDialog, _pick_folder(good))
+        _click(box, "Choose Another Folder")
+
+    _when_visible(QMessageBox, answer)
+    window = make_window_or_ask(data_dir=blocker / "sub")
+    assert window is not None
+    qtbot.addWidget(window)
+    try:
+        assert window.data_dir == good
+        assert blocker.read_text(encoding="utf-8") == "a file"  # nothing lost
+        [text] = texts
+        assert str(blocker / "sub") in text and "a file is in the way" in text and "Traceback" not in text
+    finally:
+        window.close()
+    assert not window.host.is_running()
+
+
+def test_data_dir_problem_quit_returns_no_window(qtbot, tmp_path) -> None:
+    from inkpunk_studio.app import make_window_or_ask
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    _when_visible(QMessageBox, lambda box: _click(box, "Quit"))
+    assert make_window_or_ask(data_dir=blocker) is None
+
+
+def test_main_with_an_unusable_data_dir_quits_cleanly_without_a_traceback(tmp_path) -> None:
+    """The real entry point in a subprocess: the message box (answered Quit) instead of a traceback dialog."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    child = textwrap.dedent(f"""
+        import sys
+        from PySide6.QtCore import QTimer
+        from PySide6.QtWidgets import QApplication, QMessageBox
+        app = QApplication(["inkpunk-studio"])
+        def answer():
+            for w in QApplication.topLevelWidgets():
+                if isinstance(w, QMessageBox) and w.isVisible():
+                    print("BOX:", w.windowTitle(), "|", w.text().replace(chr(10), " "), flush=True)
+                    [b] = [b for b in w.buttons() if b.text() == "Quit"]
+                    b.click()
+                    return
+            QTimer.singleShot(20, answer)
+        QTimer.singleShot(0, answer)
+        from inkpunk_studio.app import main
+        sys.exit(main(["--data-dir", {str(blocker)!r}]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path)})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "BOX: Can't use the data folder |" in proc.stdout and "a file is in the way" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_open_output_folder_that_cant_be_created_offers_another(qtbot, open_window, tmp_path) -> None:
+    window = open_window()
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x", encoding="utf-8")
+    window.settings.output_dir = str(blocker / "outputs")
+    errors: list[tuple[str, str]] = []
+    window.errorShown.connect(lambda title, text: errors.append((title, text)))
+    window.open_output_folder()  # no exception
+    [(title, text)] = errors
+    assert title == "Can't open the output folder" and "a file is in the way" in text
+    chosen = tmp_path / "images"
+    chosen.mkdir()
+    _when_visible(QFileDialog, _pick_folder(chosen))
+    _click(window.message_box, "Choose Output Folder")
+    assert window.output_dir() == chosen
+
+
+def test_settings_refuse_an_output_folder_that_cant_be_created(qtbot, tmp_path) -> None:
+    from inkpunk_studio.widgets.settings_dialog import SettingsDialog, SettingsValues
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x", encoding="utf-8")
+    dialog = SettingsDialog(SettingsValues("", "auto", "auto", "", True), str(tmp_path / "default"))
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.output_edit.setText(str(blocker / "out"))
+    dialog.accept()
+    assert dialog.isVisible() and dialog.result() != dialog.DialogCode.Accepted
+    assert "a file is in the way" in dialog.error_label.text()
+    dialog.output_edit.setText(str(tmp_path / "new" / "out"))
+    with qtbot.waitSignal(dialog.accepted, timeout=1000):
+        dialog.accept()
+    assert (tmp_path / "new" / "out").is_dir()
+
+
+def test_describe_os_error_says_it_in_words(tmp_path) -> None:
+    import errno
+
+    from inkpunk_studio import paths
+
+    assert "read-only" in paths.describe_os_error(PermissionError(errno.EACCES, "Permission denied", "/x"))
+    assert paths.describe_os_error(OSError(errno.ENOSPC, "No space left on device")) == "the disk is full"
+    assert paths.describe_os_error(OSError(errno.EROFS, "Read-only file system")) == "it is on a read-only drive"
