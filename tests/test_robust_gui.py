@@ -377,3 +377,84 @@ def test_describe_os_error_says_it_in_words(tmp_path) -> None:
     assert "read-only" in paths.describe_os_error(PermissionError(errno.EACCES, "Permission denied", "/x"))
     assert paths.describe_os_error(OSError(errno.ENOSPC, "No space left on device")) == "the disk is full"
     assert paths.describe_os_error(OSError(errno.EROFS, "Read-only file system")) == "it is on a read-only drive"
+
+
+# ---------------------------------------------------------------- first-run dialog
+def _cut_off(dialog) -> list[str]:
+    """Visible labels and buttons that are narrower (or, wrapped, shorter) than their text needs."""
+    from PySide6.QtWidgets import QLabel, QPushButton
+
+    QApplication.processEvents()
+    cut = []
+    for widget in dialog.findChildren(QLabel) + dialog.findChildren(QPushButton):
+        if not widget.isVisible() or not widget.text():
+            continue
+        if isinstance(widget, QLabel) and widget.wordWrap():
+            if widget.height() < widget.heightForWidth(widget.width()):
+                cut.append(f"{widget.text()[:40]!r}: {widget.height()} < {widget.heightForWidth(widget.width())}")
+        elif widget.width() < widget.sizeHint().width():
+            cut.append(f"{widget.text()[:40]!r}: {widget.width()} < {widget.sizeHint().width()}")
+    return cut
+
+
+@pytest.fixture
+def first_run(qtbot, tmp_path):
+    from inkpunk_studio.first_run import FirstRunDialog, download_file
+    from inkpunk_studio.widgets.theme import apply_theme
+    from inkpunk_studio.worker import AsyncTasks
+
+    from huggingface_hub.utils import get_session
+
+    client = type(get_session())()  # the Hub's HTTP client class, without its offline-mode guard
+
+    def unreachable(dest_dir, on_progress, cancel):
+        # the real transfer code against a host that can't exist (RFC 6761: .invalid never resolves)
+        return download_file("http://inkpunk-test.invalid/model.ckpt", dest_dir / "model.ckpt", on_progress,
+                             cancel, session=client, timeout=10)
+
+    apply_theme(QApplication.instance())  # the style sheet's fonts are what cut the text before
+    tasks = AsyncTasks()
+    dialog = FirstRunDialog(tasks, tmp_path / "models", download_fn=unreachable)
+    qtbot.addWidget(dialog)
+    dialog.open()
+    yield dialog
+    dialog.close()
+    tasks.shutdown()
+    client.close()
+
+
+def test_first_run_dialog_shows_its_whole_text(first_run) -> None:
+    assert _cut_off(first_run) == []
+
+
+def test_offline_download_failure_says_no_connection_and_what_to_do(qtbot, first_run) -> None:
+    first_run.download_button.click()
+    assert first_run.progress.maximum() == 0  # busy while connecting
+    qtbot.waitUntil(lambda: first_run.state == "failed", timeout=20_000)
+    text = first_run.status.text()
+    assert text.startswith("No internet connection") and "Errno" not in text
+    assert "Retry download" in text and "Locate a checkpoint" in text
+    assert first_run.download_button.text() == "Retry download" and first_run.locate_button.isEnabled()
+    assert first_run.progress.maximum() > 0, "the progress bar still shows its busy animation"
+    assert _cut_off(first_run) == []
+
+
+def test_hub_offline_mode_failure_is_explained(qtbot, tmp_path) -> None:
+    from huggingface_hub import constants
+
+    from inkpunk_studio.first_run import describe_download_error, download_inkpunk
+
+    assert constants.HF_HUB_OFFLINE, "tests run with HF_HUB_OFFLINE=1 (conftest.py)"
+    with pytest.raises(Exception) as info:  # the real download function, refused by the Hub client
+        download_inkpunk(tmp_path, lambda done, total: None, __import__("threading").Event())
+    message = describe_download_error(info.value)
+    assert "HF_HUB_OFFLINE" in message and "Locate a checkpoint" in message
+
+
+def test_full_disk_and_unknown_download_errors_are_described() -> None:
+    import errno
+
+    from inkpunk_studio.first_run import describe_download_error
+
+    assert describe_download_error(OSError(errno.ENOSPC, "No space left on device")).startswith("The disk is full")
+    assert describe_download_error(OSError("HTTP 500 from x")) == "Download failed: HTTP 500 from x"
