@@ -458,3 +458,14 @@ def test_full_disk_and_unknown_download_errors_are_described() -> None:
 
     assert describe_download_error(OSError(errno.ENOSPC, "No space left on device")).startswith("The disk is full")
     assert describe_download_error(OSError("HTTP 500 from x")) == "Download failed: HTTP 500 from x"
+
+
+# ---------------------------------------------------------------- layering
+def test_prompt_panel_counts_tokens_without_the_worker_module() -> None:
+    """Widgets reach the engine through a small service (inkpunk_studio.tokens), not the worker (issue 16)."""
+    child = ("import sys, inkpunk_studio.widgets.prompt_panel as p; "
+             "print(p.count_tokens.__module__, 'inkpunk_studio.worker' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["inkpunk_studio.tokens", "False"]
