@@ -68,7 +68,8 @@ def ask_for_data_dir(error: paths.FolderError, parent: QWidget | None = None) ->
         if box.clickedButton() is not choose:
             return None
         start = error.folder.parent if error.folder.parent.is_dir() else Path.home()
-        folder = QFileDialog.getExistingDirectory(parent, "Choose a folder for Inkpunk Studio's data", str(start))
+        folder = QFileDialog.getExistingDirectory(parent, "Choose a folder for Inkpunk Studio's data",
+                                                  str(start))
         if folder:
             return Path(folder)
 

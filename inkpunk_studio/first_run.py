@@ -134,9 +134,10 @@ def download_inkpunk(dest_dir: Path, on_progress: ProgressFn, cancel: threading.
 
 _NETWORK_ERRORS = {"ConnectError", "NetworkError", "ConnectionError", "RemoteProtocolError", "ProxyError",
                    "LocalEntryNotFoundError"}
-_TIMEOUT_ERRORS = {"TimeoutException", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "Timeout"}
-_RESOLVE_TEXTS = ("name or service not known", "temporary failure in name resolution", "nodename nor servname",
-                  "getaddrinfo failed", "no address associated")
+_TIMEOUT_ERRORS = {"TimeoutException", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout",
+                   "Timeout"}
+_RESOLVE_TEXTS = ("name or service not known", "temporary failure in name resolution",
+                  "nodename nor servname", "getaddrinfo failed", "no address associated")
 _WHAT_TO_DO = ("Connect to the internet and press Retry download (it continues where it stopped), or use "
                "Locate a checkpoint… if you already have the file.")
 
@@ -158,9 +159,9 @@ def describe_download_error(exc: BaseException) -> str:
     for cause in _causes(exc):
         names = {c.__name__ for c in type(cause).__mro__}
         if "OfflineModeIsEnabled" in names:
-            return ("Downloads are switched off on this computer (the HF_HUB_OFFLINE environment variable is "
-                    "set). Unset it and press Retry download, or use Locate a checkpoint… if you already have "
-                    "the file.")
+            return ("Downloads are switched off on this computer (the HF_HUB_OFFLINE environment variable "
+                    "is set). Unset it and press Retry download, or use Locate a checkpoint… if you already "
+                    "have the file.")
         if isinstance(cause, socket.gaierror) or any(t in str(cause).lower() for t in _RESOLVE_TEXTS):
             return f"No internet connection: the Hugging Face Hub could not be reached. {_WHAT_TO_DO}"
         if names & _TIMEOUT_ERRORS or isinstance(cause, (TimeoutError, socket.timeout)):
@@ -168,11 +169,12 @@ def describe_download_error(exc: BaseException) -> str:
         if names & _NETWORK_ERRORS:
             return f"The connection to the Hugging Face Hub failed. {_WHAT_TO_DO}"
         if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-            return ("The disk is full. Free some space (the checkpoint needs 2.1 GB) and press Retry download; "
-                    "it continues where it stopped.")
+            return ("The disk is full. Free some space (the checkpoint needs 2.1 GB) and press Retry "
+                    "download; it continues where it stopped.")
         if isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return (f"The models folder can't be written ({cause.filename or 'permission denied'}). Start the app "
-                    "with --data-dir FOLDER on a writable drive, or use Locate a checkpoint….")
+            where = cause.filename or "permission denied"
+            return (f"The models folder can't be written ({where}). Start the app with --data-dir FOLDER on "
+                    "a writable drive, or use Locate a checkpoint….")
     return f"Download failed: {exc}"
 
 

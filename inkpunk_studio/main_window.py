@@ -415,8 +415,8 @@ class MainWindow(QMainWindow):
             paths.ensure_folder(folder)
         except paths.FolderError as exc:
             box = self.show_error("Can't open the output folder",
-                                  f"{folder}\ncan't be created: {exc.reason}.\n\nChoose another folder for your "
-                                  "images (also in Settings).")
+                                  f"{folder}\ncan't be created: {exc.reason}.\n\nChoose another folder for "
+                                  "your images (also in Settings).")
             box.addButton("Choose Output Folder…", QMessageBox.ButtonRole.AcceptRole).clicked.connect(
                 self.choose_output_folder)
             return

@@ -1,4 +1,4 @@
-"""CLIP token counting for the prompt counters: the engine's ``count_tokens``, made safe to call from any thread.
+"""CLIP token counting for the prompt counters: ``engine.count_tokens``, safe to call from any thread.
 
 A small service so the widgets reach the engine through its public face, not through the worker module. The
 worker shares the same lock when it loads a model (see :func:`warm_up_tokenizer`).

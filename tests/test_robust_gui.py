@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from fixtures_app are redefined as test arguments)
 """Robustness of the GUI layer (issue 11): a Qt binding that corrupts reference counts, odd digits typed in
 the number boxes, out-of-range sizes, data folders that can't be created, silent changes on restore."""
 
@@ -14,7 +15,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from fixtures_app import open_window  # noqa: F401 - a pytest fixture
+from fixtures_app import open_window  # noqa: F401  (a pytest fixture, used as an argument)
 from PySide6.QtCore import QEvent, Qt, QTimer
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
@@ -92,17 +93,28 @@ def test_qt_binding_keeps_reference_counts_of_none_and_true_flat() -> None:
     """Catches a Qt binding release that corrupts refcounts (PySide6 6.12.0 on Python < 3.12 aborts the app
     after ~150 images); pyproject.toml excludes the known one, this test catches the next."""
     n = 2000
-    proc = subprocess.run([sys.executable, "-c", _REFCOUNT_CHILD, str(n)], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    proc = subprocess.run(
+        [sys.executable, "-c", _REFCOUNT_CHILD, str(n)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
     assert proc.returncode == 0, (
-        f"the Qt binding crashed emitting signals (exit {proc.returncode}): {proc.stderr.strip()[-400:]}")
+        f"the Qt binding crashed emitting signals (exit {proc.returncode}): {proc.stderr.strip()[-400:]}"
+    )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["received"] == 2 * n + 50 and result["singles"] == n and result["ticks"] == n
     none_emit, true_emit = result["emit"]
     none_timers, true_timers = result["timers"]
     # per event the leak is one reference; a few dozen over thousands of events would be caching
-    for label, delta in (("None after emits", none_emit), ("True after emits", true_emit),
-                         ("None after timer slots", none_timers), ("True after timer slots", true_timers)):
+    for label, delta in (
+        ("None after emits", none_emit),
+        ("True after emits", true_emit),
+        ("None after timer slots", none_timers),
+        ("True after timer slots", true_timers),
+    ):
         assert abs(delta) < 50, f"refcount of {label} moved by {delta} over {n} events: the Qt binding leaks"
 
 
@@ -114,7 +126,8 @@ def _spec_check_requirements(root: Path):
     fn = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check_requirements"]
     assert fn, "inkpunk_studio.spec has no check_requirements()"
     namespace = {"tomllib": pytest.importorskip("tomllib"), "ROOT": root}
-    exec(compile(ast.Module(fn, type_ignores=[]), "inkpunk_studio.spec", "exec"), namespace)
+    code = compile(ast.Module(fn, type_ignores=[]), "inkpunk_studio.spec", "exec")
+    exec(code, namespace)  # noqa: S102 - our own spec's code
     return namespace["check_requirements"]
 
 
@@ -128,11 +141,13 @@ def test_pyproject_excludes_the_leaking_pyside_release() -> None:
 def test_bundle_spec_refuses_an_excluded_installed_release(tmp_path: Path) -> None:
     installed = version("PySide6-Essentials")
     (tmp_path / "pyproject.toml").write_text(
-        f'[project]\ndependencies = ["PySide6-Essentials>=6.6,!={installed}"]\n', encoding="utf-8")
+        f'[project]\ndependencies = ["PySide6-Essentials>=6.6,!={installed}"]\n', encoding="utf-8"
+    )
     with pytest.raises(SystemExit, match=f"PySide6-Essentials {re.escape(installed)} does not satisfy"):
         _spec_check_requirements(tmp_path)()
-    (tmp_path / "pyproject.toml").write_text('[project]\ndependencies = ["PySide6-Essentials>=6.6"]\n',
-                                             encoding="utf-8")
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\ndependencies = ["PySide6-Essentials>=6.6"]\n', encoding="utf-8"
+    )
     _spec_check_requirements(tmp_path)()  # no error
 
 
@@ -156,8 +171,9 @@ def _type(qtbot, widget, text: str) -> None:
             qtbot.keyClicks(widget, char)
             continue
         for kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease):
-            QApplication.sendEvent(widget, QKeyEvent(kind, Qt.Key.Key_unknown, Qt.KeyboardModifier.NoModifier,
-                                                     char))
+            QApplication.sendEvent(
+                widget, QKeyEvent(kind, Qt.Key.Key_unknown, Qt.KeyboardModifier.NoModifier, char)
+            )
 
 
 def _retype(qtbot, line_edit, text: str) -> None:
@@ -239,8 +255,9 @@ def test_restoring_in_the_window_shows_the_changes_in_the_status_line(open_windo
     from inkpunk_studio.metadata import ImageParams
 
     window = open_window()
-    meta = ImageParams(prompt="a cat", seed=99999999999999999999999, cfg_scale=float("nan"), width=512,
-                       height=512)
+    meta = ImageParams(
+        prompt="a cat", seed=99999999999999999999999, cfg_scale=float("nan"), width=512, height=512
+    )
     notes = window.apply_image_params(meta)
     assert len(notes) == 2
     message = window.statusBar().currentMessage()
@@ -266,6 +283,7 @@ def _pick_folder(folder: Path):
     def act(dialog: QFileDialog) -> None:
         dialog.setDirectory(str(folder))  # a folder dialog accepts the folder it shows
         dialog.accept()
+
     return act
 
 
@@ -327,8 +345,15 @@ def test_main_with_an_unusable_data_dir_quits_cleanly_without_a_traceback(tmp_pa
         from inkpunk_studio.app import main
         sys.exit(main(["--data-dir", {str(blocker)!r}]))
     """)
-    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path)})
+    proc = subprocess.run(
+        [sys.executable, "-c", child],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path)},
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "BOX: Can't use the data folder |" in proc.stdout and "a file is in the way" in proc.stdout
     assert "Traceback" not in proc.stderr
@@ -376,7 +401,9 @@ def test_describe_os_error_says_it_in_words(tmp_path) -> None:
 
     assert "read-only" in paths.describe_os_error(PermissionError(errno.EACCES, "Permission denied", "/x"))
     assert paths.describe_os_error(OSError(errno.ENOSPC, "No space left on device")) == "the disk is full"
-    assert paths.describe_os_error(OSError(errno.EROFS, "Read-only file system")) == "it is on a read-only drive"
+    assert (
+        paths.describe_os_error(OSError(errno.EROFS, "Read-only file system")) == "it is on a read-only drive"
+    )
 
 
 # ---------------------------------------------------------------- first-run dialog
@@ -391,7 +418,9 @@ def _cut_off(dialog) -> list[str]:
             continue
         if isinstance(widget, QLabel) and widget.wordWrap():
             if widget.height() < widget.heightForWidth(widget.width()):
-                cut.append(f"{widget.text()[:40]!r}: {widget.height()} < {widget.heightForWidth(widget.width())}")
+                cut.append(
+                    f"{widget.text()[:40]!r}: {widget.height()} < {widget.heightForWidth(widget.width())}"
+                )
         elif widget.width() < widget.sizeHint().width():
             cut.append(f"{widget.text()[:40]!r}: {widget.width()} < {widget.sizeHint().width()}")
     return cut
@@ -399,18 +428,24 @@ def _cut_off(dialog) -> list[str]:
 
 @pytest.fixture
 def first_run(qtbot, tmp_path):
+    from huggingface_hub.utils import get_session
+
     from inkpunk_studio.first_run import FirstRunDialog, download_file
     from inkpunk_studio.widgets.theme import apply_theme
     from inkpunk_studio.worker import AsyncTasks
-
-    from huggingface_hub.utils import get_session
 
     client = type(get_session())()  # the Hub's HTTP client class, without its offline-mode guard
 
     def unreachable(dest_dir, on_progress, cancel):
         # the real transfer code against a host that can't exist (RFC 6761: .invalid never resolves)
-        return download_file("http://inkpunk-test.invalid/model.ckpt", dest_dir / "model.ckpt", on_progress,
-                             cancel, session=client, timeout=10)
+        return download_file(
+            "http://inkpunk-test.invalid/model.ckpt",
+            dest_dir / "model.ckpt",
+            on_progress,
+            cancel,
+            session=client,
+            timeout=10,
+        )
 
     apply_theme(QApplication.instance())  # the style sheet's fonts are what cut the text before
     tasks = AsyncTasks()
@@ -456,16 +491,27 @@ def test_full_disk_and_unknown_download_errors_are_described() -> None:
 
     from inkpunk_studio.first_run import describe_download_error
 
-    assert describe_download_error(OSError(errno.ENOSPC, "No space left on device")).startswith("The disk is full")
+    assert describe_download_error(OSError(errno.ENOSPC, "No space left on device")).startswith(
+        "The disk is full"
+    )
     assert describe_download_error(OSError("HTTP 500 from x")) == "Download failed: HTTP 500 from x"
 
 
 # ---------------------------------------------------------------- layering
 def test_prompt_panel_counts_tokens_without_the_worker_module() -> None:
     """Widgets reach the engine through a small service (inkpunk_studio.tokens), not the worker (issue 16)."""
-    child = ("import sys, inkpunk_studio.widgets.prompt_panel as p; "
-             "print(p.count_tokens.__module__, 'inkpunk_studio.worker' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    child = (
+        "import sys, inkpunk_studio.widgets.prompt_panel as p; "
+        "print(p.count_tokens.__module__, 'inkpunk_studio.worker' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", child],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["inkpunk_studio.tokens", "False"]

@@ -91,7 +91,7 @@ class SizeCombo(QComboBox):
         for size in LISTED_SIZES:
             self.addItem(str(size))
         validator = SizeValidator(self)
-        validator.adjusted.connect(lambda typed, used: self.noteShown.emit(size_note(self._label, typed, used)))
+        validator.adjusted.connect(self._adjusted)
         self.setValidator(validator)
         self._value = 512
         self.setCurrentText("512")
@@ -100,6 +100,9 @@ class SizeCombo(QComboBox):
 
     def value(self) -> int:
         return self._value
+
+    def _adjusted(self, typed: int, used: int) -> None:
+        self.noteShown.emit(size_note(self._label, typed, used))
 
     def set_value(self, value: int) -> int:
         """Show ``value`` rounded to the nearest allowed size; returns what was set."""
@@ -123,7 +126,7 @@ class SizeCombo(QComboBox):
                 self.set_value(value)  # fixup did not run (e.g. the text was acceptable): same rules
                 used = self._value
                 if used != value:
-                    self.noteShown.emit(size_note(self._label, value, used))
+                    self._adjusted(value, used)
             else:
                 self.setCurrentText(str(self._value))
 

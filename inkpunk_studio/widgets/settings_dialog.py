@@ -140,7 +140,8 @@ class SettingsDialog(QDialog):
             try:
                 paths.ensure_folder(Path(text).expanduser())
             except paths.FolderError as exc:
-                self.error_label.setText(f"The output folder can't be used: {exc.reason}. Choose another one.")
+                self.error_label.setText(f"The output folder can't be used: {exc.reason}. "
+                                         "Choose another one.")
                 self.error_label.setVisible(True)
                 self.output_edit.setFocus()
                 return
