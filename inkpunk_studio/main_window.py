@@ -239,6 +239,7 @@ class MainWindow(QMainWindow):
         """Start (or queue behind the model load) a generation with the current parameters."""
         if self.host.busy:
             return False
+        self.params_panel.commit_edits()  # Ctrl+Enter while a size box still shows a half-typed value
         if not self.host.can_generate():
             self.statusBar().showMessage("No model loaded: choose a checkpoint first (File ▸ Open Checkpoint…)", 6000)
             return False

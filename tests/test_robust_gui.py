@@ -515,3 +515,15 @@ def test_prompt_panel_counts_tokens_without_the_worker_module() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["inkpunk_studio.tokens", "False"]
+
+
+def test_generate_pressed_while_a_size_is_half_typed_uses_what_the_box_shows(qtbot, open_window) -> None:
+    window = open_window()
+    notes: list[str] = []
+    window.params_panel.noteShown.connect(notes.append)
+    combo = window.params_panel.width_combo
+    _retype(qtbot, combo.lineEdit(), "4096")
+    assert combo.value() == 512  # still being typed
+    window.generate()  # Ctrl+Enter from the box (no model here, so it stops after applying the edits)
+    assert combo.value() == 2048 and combo.currentText() == "2048"
+    assert notes == ["width 4096 -> 2048 (the largest size is 2048)"]

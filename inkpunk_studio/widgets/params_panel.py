@@ -118,6 +118,10 @@ class SizeCombo(QComboBox):
             self._value = value
             self.valueChanged.emit(self._value)
 
+    def commit(self) -> None:
+        """Apply a half-typed size now (as leaving the box would), e.g. when Generate is pressed meanwhile."""
+        self._finish_edit()
+
     def _finish_edit(self) -> None:  # leaving the box shows the value in effect (also "５１２" as "512")
         text = self.currentText()
         if text != str(self._value):
@@ -243,6 +247,14 @@ class ParamsPanel(QWidget):
             self.set_size(*action.data())
 
     # --- values
+    def commit_edits(self) -> None:
+        """Apply whatever is typed but not yet confirmed (a size box showing 4096 while its value is still
+        512), so a Generate pressed from the keyboard uses what the boxes show."""
+        for spin in (self.steps_spin, self.cfg_spin, self.batch_spin):
+            spin.interpretText()
+        self.width_combo.commit()
+        self.height_combo.commit()
+
     def values(self) -> dict:
         return {"sampler": self.sampler_combo.currentData(), "steps": self.steps_spin.value(),
                 "cfg_scale": round(self.cfg_spin.value(), 2), "seed": self.seed_spin.seed(),
