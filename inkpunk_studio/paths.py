@@ -10,7 +10,6 @@ copy (the ``inkpunk_resources`` package that pyproject maps ``resources/`` to) a
 from __future__ import annotations
 
 import errno
-import os
 import sys
 from pathlib import Path
 
@@ -31,8 +30,8 @@ class FolderError(ValueError):
         self.reason = reason
 
 
-def describe_os_error(exc: OSError, folder: Path | None = None) -> str:
-    """Why creating or writing ``folder`` failed, in words a person can act on (not "[Errno 20] ...")."""
+def describe_os_error(exc: OSError) -> str:
+    """Why creating or writing a folder failed, in words a person can act on (not "[Errno 20] ...")."""
     if isinstance(exc, (FileExistsError, NotADirectoryError)) or exc.errno in (errno.EEXIST, errno.ENOTDIR):
         return "a file is in the way (there is a file where a folder should be)"
     if exc.errno == errno.EROFS:
@@ -52,15 +51,10 @@ def ensure_folder(folder: str | Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise FolderError(folder, describe_os_error(exc, folder)) from exc
+        raise FolderError(folder, describe_os_error(exc)) from exc
     if not folder.is_dir():  # mkdir(exist_ok=True) lets a file of that name pass on some systems
         raise FolderError(folder, "a file is in the way (there is a file where a folder should be)")
     return folder
-
-
-def is_writable(folder: Path) -> bool:
-    """Whether new files can be made in the existing ``folder``."""
-    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def data_dir(override: str | Path | None = None) -> Path:
