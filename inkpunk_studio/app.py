@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QTimer
 from PySide6.QtGui import QIcon
-from PySide6.QtWidgets import QApplication, QMainWindow
+from PySide6.QtWidgets import QApplication, QFileDialog, QMainWindow, QMessageBox, QWidget
 
 from . import STARTED, paths
 from .widgets.theme import apply_theme
@@ -34,7 +34,8 @@ def make_window(checkpoint: str | Path | None = None, data_dir: str | Path | Non
 
     ``checkpoint`` overrides the configured one for this session (no first-run dialog); ``data_dir`` replaces
     the per-user data folder and keeps the settings in ``<data_dir>/settings.ini``. Close the window (or call
-    its ``shutdown()``) before dropping it: that stops the worker thread.
+    its ``shutdown()``) before dropping it: that stops the worker thread. Raises ``paths.FolderError`` when
+    the data folder can't be created (``make_window_or_ask`` then offers another).
     """
     from .main_window import MainWindow
     from .settings import AppSettings
@@ -49,6 +50,42 @@ def make_window(checkpoint: str | Path | None = None, data_dir: str | Path | Non
     if icon is not None:
         window.setWindowIcon(icon)
     return window
+
+
+def ask_for_data_dir(error: paths.FolderError, parent: QWidget | None = None) -> Path | None:
+    """Say why the data folder can't be used and let the person pick another; None when they quit."""
+    box = QMessageBox(QMessageBox.Icon.Warning, "Can't use the data folder",
+                      f"Inkpunk Studio keeps its images, favorites, models and settings in\n{error.folder}\n"
+                      f"but can't create that folder: {error.reason}.\n\nChoose another folder for this "
+                      "session (start with --data-dir FOLDER to use it every time), or quit.",
+                      QMessageBox.StandardButton.NoButton, parent)
+    box.setObjectName("dataDirErrorBox")
+    choose = box.addButton("Choose Another Folder…", QMessageBox.ButtonRole.AcceptRole)
+    box.addButton("Quit", QMessageBox.ButtonRole.RejectRole)
+    box.setDefaultButton(choose)
+    while True:
+        box.exec()
+        if box.clickedButton() is not choose:
+            return None
+        start = error.folder.parent if error.folder.parent.is_dir() else Path.home()
+        folder = QFileDialog.getExistingDirectory(parent, "Choose a folder for Inkpunk Studio's data",
+                                                  str(start))
+        if folder:
+            return Path(folder)
+
+
+def make_window_or_ask(checkpoint: str | Path | None = None,
+                       data_dir: str | Path | None = None) -> QMainWindow | None:
+    """``make_window``, but a data folder that can't be created is explained and another can be chosen
+    (repeatedly, if that one fails too). None when the person quits instead."""
+    while True:
+        try:
+            return make_window(checkpoint=checkpoint, data_dir=data_dir)
+        except paths.FolderError as exc:
+            log.warning("data folder unusable: %s", exc)
+            data_dir = ask_for_data_dir(exc)
+            if data_dir is None:
+                return None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -94,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     set_app_loop(loop)
-    window = make_window(checkpoint=args.checkpoint, data_dir=args.data_dir)
+    window = make_window_or_ask(checkpoint=args.checkpoint, data_dir=args.data_dir)
+    if window is None:
+        log.info("no usable data folder: quitting")
+        return 1
     app.aboutToQuit.connect(window.shutdown)
     window.show()
     # Once the event loop has shown it: how long a person waited for the window (the model loads behind it).

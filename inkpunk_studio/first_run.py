@@ -9,10 +9,12 @@ when the Hub gives one, the sha256 ETag of its LFS object, then renamed into pla
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -82,7 +85,7 @@ def download_file(url: str, dest: str | Path, on_progress: ProgressFn, cancel: t
         total = expected_size
         if total is None:
             length = response.headers.get("Content-Length")
-            total = done + int(length) if length and length.isdigit() else None
+            total = done + int(length) if length and length.isascii() and length.isdigit() else None
         on_progress(done, total)
         if response.status_code in (200, 206):
             with open(part, "ab" if done else "wb") as f:
@@ -129,6 +132,52 @@ def download_inkpunk(dest_dir: Path, on_progress: ProgressFn, cancel: threading.
                          expected_size=meta.size, sha256=sha256, headers=build_hf_headers())
 
 
+_NETWORK_ERRORS = {"ConnectError", "NetworkError", "ConnectionError", "RemoteProtocolError", "ProxyError",
+                   "LocalEntryNotFoundError"}
+_TIMEOUT_ERRORS = {"TimeoutException", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout",
+                   "Timeout"}
+_RESOLVE_TEXTS = ("name or service not known", "temporary failure in name resolution",
+                  "nodename nor servname", "getaddrinfo failed", "no address associated")
+_WHAT_TO_DO = ("Connect to the internet and press Retry download (it continues where it stopped), or use "
+               "Locate a checkpoint… if you already have the file.")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and all(exc is not e for e in seen) and len(seen) < 20:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def describe_download_error(exc: BaseException) -> str:
+    """A failed download in words, with what to do: not "[Errno -2] Name or service not known".
+
+    Recognises errors by class name along the cause chain, so the HTTP stack's version (httpx, httpx2,
+    requests) does not matter.
+    """
+    for cause in _causes(exc):
+        names = {c.__name__ for c in type(cause).__mro__}
+        if "OfflineModeIsEnabled" in names:
+            return ("Downloads are switched off on this computer (the HF_HUB_OFFLINE environment variable "
+                    "is set). Unset it and press Retry download, or use Locate a checkpoint… if you already "
+                    "have the file.")
+        if isinstance(cause, socket.gaierror) or any(t in str(cause).lower() for t in _RESOLVE_TEXTS):
+            return f"No internet connection: the Hugging Face Hub could not be reached. {_WHAT_TO_DO}"
+        if names & _TIMEOUT_ERRORS or isinstance(cause, (TimeoutError, socket.timeout)):
+            return f"The Hugging Face Hub did not answer in time (a slow or broken connection). {_WHAT_TO_DO}"
+        if names & _NETWORK_ERRORS:
+            return f"The connection to the Hugging Face Hub failed. {_WHAT_TO_DO}"
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ("The disk is full. Free some space (the checkpoint needs 2.1 GB) and press Retry "
+                    "download; it continues where it stopped.")
+        if isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            where = cause.filename or "permission denied"
+            return (f"The models folder can't be written ({where}). Start the app with --data-dir FOLDER on "
+                    "a writable drive, or use Locate a checkpoint….")
+    return f"Download failed: {exc}"
+
+
 def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB"
 
@@ -148,7 +197,6 @@ class FirstRunDialog(QDialog):
         super().__init__(parent)
         self.setObjectName("firstRunDialog")
         self.setWindowTitle("Welcome to Inkpunk Studio")
-        self.setMinimumWidth(520)
         self._tasks = tasks
         self._models_dir = Path(models_dir)
         self._download_fn = download_fn
@@ -159,6 +207,7 @@ class FirstRunDialog(QDialog):
 
         title = QLabel("Inkpunk Studio needs a Stable Diffusion 1.x checkpoint", self)
         title.setProperty("role", "title")
+        title.setWordWrap(True)  # a large title font (or a translation) must wrap, not be cut at the edge
         intro = QLabel("Pick a <b>.safetensors</b> or <b>.ckpt</b> file you already have, or download "
                        "Inkpunk Diffusion v2 by Envvi from the Hugging Face Hub.", self)
         intro.setWordWrap(True)
@@ -190,6 +239,9 @@ class FirstRunDialog(QDialog):
         bottom.addStretch(1)
         bottom.addWidget(self.later_button)
         layout = QVBoxLayout(self)
+        # The dialog is never narrower than its contents need (an explicit minimum width used to win over
+        # the layout's, cutting the title and the download button at the dialog's edge).
+        layout.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)
         layout.setSpacing(12)
         layout.addWidget(title)
         layout.addWidget(intro)
@@ -237,7 +289,7 @@ class FirstRunDialog(QDialog):
             return
         except Exception as exc:  # network errors, disk full, ...: say so and offer a retry
             log.warning("download failed: %s", exc, exc_info=True)
-            self._set_state("failed", f"Download failed: {exc}")
+            self._set_state("failed", describe_download_error(exc))
             return
         self._finish(Path(path))
 
@@ -276,13 +328,27 @@ class FirstRunDialog(QDialog):
         if downloading:
             self.progress.setRange(0, 0)
             message = message or "Connecting to the Hugging Face Hub…"
+        elif self.progress.maximum() == 0:  # stop the busy animation: nothing is happening any more
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(0)
         elif state == "paused":
             part = part_path(self._models_dir / FILENAME)
             kept = part.stat().st_size if part.exists() else 0
             message = message or (f"Download paused; {_gb(kept)} kept. Resume continues where it stopped."
                                   if kept else "Download cancelled.")
         self.status.setText(message)
+        self._fit_height()
         self.stateChanged.emit(state)
+
+    def _fit_height(self) -> None:
+        """Grow to show wrapped text in full (a layout's minimum size ignores height-for-width)."""
+        layout = self.layout()
+        if layout is None:
+            return
+        layout.activate()
+        need = self.heightForWidth(self.width())
+        if need > self.height():
+            self.resize(self.width(), need)
 
     def showEvent(self, event: QShowEvent) -> None:  # opened again after a finished setup: start over
         if self.state == "done":

@@ -196,6 +196,7 @@ class MainWindow(QMainWindow):
         self.prompt_panel.presetApplied.connect(self._on_preset)
         self.canvas.dropped.connect(self.init_panel.load)
         self.canvas.dropRejected.connect(self._show_status)
+        self.params_panel.noteShown.connect(self._show_status)
         self.init_panel.loadFailed.connect(self._show_status)
         self.init_panel.imageSet.connect(self._on_init_image_set)
         self.init_panel.restoreRequested.connect(self.apply_image_params)
@@ -238,6 +239,7 @@ class MainWindow(QMainWindow):
         """Start (or queue behind the model load) a generation with the current parameters."""
         if self.host.busy:
             return False
+        self.params_panel.commit_edits()  # Ctrl+Enter while a size box still shows a half-typed value
         if not self.host.can_generate():
             self.statusBar().showMessage("No model loaded: choose a checkpoint first (File ▸ Open Checkpoint…)", 6000)
             return False
@@ -410,8 +412,28 @@ class MainWindow(QMainWindow):
 
     def open_output_folder(self) -> None:
         folder = self.output_dir()
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            paths.ensure_folder(folder)
+        except paths.FolderError as exc:
+            box = self.show_error("Can't open the output folder",
+                                  f"{folder}\ncan't be created: {exc.reason}.\n\nChoose another folder for "
+                                  "your images (also in Settings).")
+            box.addButton("Choose Output Folder…", QMessageBox.ButtonRole.AcceptRole).clicked.connect(
+                self.choose_output_folder)
+            return
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+
+    def choose_output_folder(self) -> None:
+        """Pick the folder new images are saved to (the history strip then shows that folder)."""
+        start = self.output_dir()
+        while not start.is_dir() and start != start.parent:
+            start = start.parent
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder for your images", str(start))
+        if folder:
+            self.settings.output_dir = folder
+            self.settings.sync()
+            self.reload_history()
+            self._show_status(f"Images now go to {folder}")
 
     # ------------------------------------------------------------------ dialogs
     def show_error(self, title: str, text: str, offer_checkpoint: bool = False) -> QMessageBox:

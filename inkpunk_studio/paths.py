@@ -9,6 +9,7 @@ copy (the ``inkpunk_resources`` package that pyproject maps ``resources/`` to) a
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -20,11 +21,50 @@ ORG_NAME = "InkpunkStudio"
 _SOURCE_RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 
 
-def data_dir(override: str | Path | None = None) -> Path:
-    """The per-user data folder (created), or ``override`` when given (``--data-dir``)."""
-    folder = Path(override).expanduser() if override else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
-    folder.mkdir(parents=True, exist_ok=True)
+class FolderError(ValueError):
+    """A folder the app needs can't be created or used; the message says why in words, naming the folder."""
+
+    def __init__(self, folder: Path, reason: str) -> None:
+        super().__init__(f"{folder}: {reason}")
+        self.folder = folder
+        self.reason = reason
+
+
+def describe_os_error(exc: OSError) -> str:
+    """Why creating or writing a folder failed, in words a person can act on (not "[Errno 20] ...")."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) or exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        return "a file is in the way (there is a file where a folder should be)"
+    if exc.errno == errno.EROFS:
+        return "it is on a read-only drive"
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied: the folder (or the one it would be made in) is read-only for you"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "the path is too long"
+    return exc.strerror or str(exc)
+
+
+def ensure_folder(folder: str | Path) -> Path:
+    """Create ``folder`` (and its parents) if needed; raises FolderError saying why it can't be."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FolderError(folder, describe_os_error(exc)) from exc
+    if not folder.is_dir():  # mkdir(exist_ok=True) lets a file of that name pass on some systems
+        raise FolderError(folder, "a file is in the way (there is a file where a folder should be)")
     return folder
+
+
+def data_dir(override: str | Path | None = None) -> Path:
+    """The per-user data folder (created), or ``override`` when given (``--data-dir``).
+
+    Raises FolderError when it can't be created (a file in the way, a read-only parent): the app then says so
+    and offers to choose another folder instead of ending in a traceback.
+    """
+    folder = Path(override).expanduser() if override else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    return ensure_folder(folder)
 
 
 def log_dir() -> Path:

@@ -29,6 +29,7 @@ import engine
 
 from . import history
 from .metadata import ImageParams, save_png
+from .tokens import count_tokens, warm_up_tokenizer  # noqa: F401 - count_tokens: the old home, kept
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -98,26 +99,6 @@ class GenerationJob:
     output_dir: Path
     preview: bool = True
     cancel: threading.Event = field(default_factory=threading.Event)
-
-
-_tokenizer_lock = threading.Lock()
-
-
-def warm_up_tokenizer() -> None:
-    """Load the engine's tokenizer once, under a lock, before any thread uses it.
-
-    transformers resolves its classes lazily and that is not thread-safe: the model load (worker thread) and
-    the token counter (I/O pool) importing it at the same moment fail with "cannot import name". Whoever
-    comes first does the import; the other waits for it (it needs it anyway).
-    """
-    with _tokenizer_lock:
-        engine.count_tokens("")
-
-
-def count_tokens(text: str) -> int:
-    """CLIP tokens in ``text`` (thread-safe; the first call loads the tokenizer)."""
-    warm_up_tokenizer()
-    return engine.count_tokens(text)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

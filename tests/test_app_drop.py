@@ -26,7 +26,8 @@ A1111_TEXT = ("nvinkpunk a dropped owl, neon feathers\n"
 def _drop(widget, mime: QMimeData) -> bool:
     """Drag ``mime`` over ``widget`` and drop it there (real events). Returns whether the drag was accepted."""
     pos = widget.rect().center()
-    enter = QDragEnterEvent(QPointF(pos), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+    # QDragEnterEvent takes a QPoint (PySide6 6.12 also converts a QPointF, 6.11 does not); QDropEvent a QPointF
+    enter = QDragEnterEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
                             Qt.KeyboardModifier.NoModifier)
     QApplication.sendEvent(widget, enter)
     if not enter.isAccepted():

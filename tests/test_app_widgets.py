@@ -54,12 +54,18 @@ def test_invalid_values_cannot_be_entered(qtbot):
     assert width.currentText() == "512" and width.value() == 512  # letters rejected
     width.lineEdit().selectAll()
     qtbot.keyClicks(width.lineEdit(), "3000")
-    assert int(width.currentText() or 0) <= 2048  # over the maximum: the extra digit is rejected
+    assert width.value() == 512  # over the maximum: intermediate while typing, never the value
+    width.lineEdit().editingFinished.emit()
+    assert width.currentText() == "2048" and width.value() == 2048  # leaving the box clamps it (with a note)
     width.lineEdit().selectAll()
     qtbot.keyClicks(width.lineEdit(), "100")  # not a multiple of 64: intermediate, never the value
-    assert width.value() == 512
+    assert width.value() == 2048
     width.lineEdit().editingFinished.emit()
-    assert width.currentText() == "512"
+    assert width.currentText() == "128" and width.value() == 128  # the nearest size, as fixup does
+    width.lineEdit().selectAll()
+    qtbot.keyClick(width.lineEdit(), Qt.Key.Key_Delete)
+    width.lineEdit().editingFinished.emit()
+    assert width.currentText() == "128"  # an emptied box shows the value in effect again
     width.lineEdit().selectAll()
     qtbot.keyClicks(width.lineEdit(), "640")
     assert width.value() == 640

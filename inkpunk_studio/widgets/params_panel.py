@@ -6,6 +6,8 @@ describes a request the engine accepts.
 
 from __future__ import annotations
 
+import math
+
 from PySide6.QtCore import Signal
 from PySide6.QtGui import QAction, QValidator
 from PySide6.QtWidgets import (
@@ -19,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .seed_spin import RANDOM, SeedSpinBox
+from .seed_spin import MAX_SEED, RANDOM, SeedSpinBox, parse_int
 
 SIZE_STEP = 64
 MIN_SIZE, MAX_SIZE = 64, 2048  # the engine's limits; the list offers 256..2048, smaller ones can be typed
@@ -34,38 +36,63 @@ def nearest_size(value: int) -> int:
     return max(MIN_SIZE, min(MAX_SIZE, round(value / SIZE_STEP) * SIZE_STEP))
 
 
+def size_note(label: str, typed: int, used: int) -> str:
+    """Why a typed side length became another one, for the status line."""
+    if typed > MAX_SIZE:
+        why = f"the largest size is {MAX_SIZE}"
+    elif typed < MIN_SIZE:
+        why = f"the smallest size is {MIN_SIZE}"
+    else:
+        why = f"sizes are multiples of {SIZE_STEP}"
+    return f"{label} {typed} -> {used} ({why})"
+
+
 class SizeValidator(QValidator):
-    """Digits only; multiples of 64 in range are acceptable, prefixes of them are intermediate."""
+    """Up to four decimal digits; multiples of 64 in range are acceptable, anything else is intermediate and
+    ``fixup`` (on Enter or leaving the box) turns it into the nearest allowed size, clamped to 64..2048, and
+    reports the change with ``adjusted(typed, used)``. (Refusing the key that makes 409 into 4096 left the box
+    at 409, which then became 384: a surprising number.)"""
+
+    adjusted = Signal(int, int)
 
     def validate(self, text: str, pos: int) -> object:
+        # Never let an exception escape here: Qt calls this from C++ and a Python error there crashes.
         if text == "":
             return QValidator.State.Intermediate, text, pos
-        if not text.isdigit() or len(text) > 4:
+        value = parse_int(text)
+        if value is None or len(text) > 4:
             return QValidator.State.Invalid, text, pos
-        value = int(text)
         if MIN_SIZE <= value <= MAX_SIZE and value % SIZE_STEP == 0:
             return QValidator.State.Acceptable, text, pos
-        if value <= MAX_SIZE:
-            return QValidator.State.Intermediate, text, pos
-        return QValidator.State.Invalid, text, pos
+        return QValidator.State.Intermediate, text, pos
 
     def fixup(self, text: str) -> str:
-        return str(nearest_size(int(text))) if text.isdigit() else text
+        value = parse_int(text)
+        if value is None:
+            return text
+        used = nearest_size(value)
+        if used != value:
+            self.adjusted.emit(value, used)
+        return str(used)
 
 
 class SizeCombo(QComboBox):
     """Editable combo of side lengths; ``value()`` is always a valid int."""
 
     valueChanged = Signal(int)
+    noteShown = Signal(str)  # a typed size had to change ("width 4096 -> 2048 (...)")
 
-    def __init__(self, object_name: str, parent: QWidget | None = None) -> None:
+    def __init__(self, object_name: str, parent: QWidget | None = None, label: str = "size") -> None:
         super().__init__(parent)
         self.setObjectName(object_name)
+        self._label = label
         self.setEditable(True)
         self.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
         for size in LISTED_SIZES:
             self.addItem(str(size))
-        self.setValidator(SizeValidator(self))
+        validator = SizeValidator(self)
+        validator.adjusted.connect(self._adjusted)
+        self.setValidator(validator)
         self._value = 512
         self.setCurrentText("512")
         self.currentTextChanged.connect(self._text_changed)
@@ -73,6 +100,9 @@ class SizeCombo(QComboBox):
 
     def value(self) -> int:
         return self._value
+
+    def _adjusted(self, typed: int, used: int) -> None:
+        self.noteShown.emit(size_note(self._label, typed, used))
 
     def set_value(self, value: int) -> int:
         """Show ``value`` rounded to the nearest allowed size; returns what was set."""
@@ -82,18 +112,33 @@ class SizeCombo(QComboBox):
         return value
 
     def _text_changed(self, text: str) -> None:
-        valid = text.isdigit() and MIN_SIZE <= int(text) <= MAX_SIZE and int(text) % SIZE_STEP == 0
-        if valid and int(text) != self._value:
-            self._value = int(text)
+        value = parse_int(text)
+        valid = value is not None and MIN_SIZE <= value <= MAX_SIZE and value % SIZE_STEP == 0
+        if valid and value != self._value:
+            self._value = value
             self.valueChanged.emit(self._value)
 
-    def _finish_edit(self) -> None:  # leaving a half-typed box shows the value in effect
-        if self.currentText() != str(self._value):
-            self.setCurrentText(str(self._value))
+    def commit(self) -> None:
+        """Apply a half-typed size now (as leaving the box would), e.g. when Generate is pressed meanwhile."""
+        self._finish_edit()
+
+    def _finish_edit(self) -> None:  # leaving the box shows the value in effect (also "５１２" as "512")
+        text = self.currentText()
+        if text != str(self._value):
+            value = parse_int(text)
+            if value is not None and text.strip():
+                self.set_value(value)  # fixup did not run (e.g. the text was acceptable): same rules
+                used = self._value
+                if used != value:
+                    self._adjusted(value, used)
+            else:
+                self.setCurrentText(str(self._value))
 
 
 class ParamsPanel(QWidget):
-    """The generation settings besides the prompts."""
+    """The generation settings besides the prompts. ``noteShown`` says when a typed value had to change."""
+
+    noteShown = Signal(str)
 
     def __init__(self, samplers: tuple[str, ...], display_names: dict[str, str],
                  parent: QWidget | None = None) -> None:
@@ -128,8 +173,10 @@ class ParamsPanel(QWidget):
         self.reuse_seed_button.clicked.connect(self.reuse_last_seed)
         self.reuse_seed_button.setEnabled(False)
 
-        self.width_combo = SizeCombo("widthCombo", self)
-        self.height_combo = SizeCombo("heightCombo", self)
+        self.width_combo = SizeCombo("widthCombo", self, "width")
+        self.height_combo = SizeCombo("heightCombo", self, "height")
+        self.width_combo.noteShown.connect(self.noteShown)
+        self.height_combo.noteShown.connect(self.noteShown)
         self.swap_button = self._tool_button("swapSizeButton", "⇄", "Swap width and height")
         self.swap_button.clicked.connect(self.swap_size)
         self.aspect_button = self._tool_button("aspectButton", "Aspect", "Size presets")
@@ -200,6 +247,14 @@ class ParamsPanel(QWidget):
             self.set_size(*action.data())
 
     # --- values
+    def commit_edits(self) -> None:
+        """Apply whatever is typed but not yet confirmed (a size box showing 4096 while its value is still
+        512), so a Generate pressed from the keyboard uses what the boxes show."""
+        for spin in (self.steps_spin, self.cfg_spin, self.batch_spin):
+            spin.interpretText()
+        self.width_combo.commit()
+        self.height_combo.commit()
+
     def values(self) -> dict:
         return {"sampler": self.sampler_combo.currentData(), "steps": self.steps_spin.value(),
                 "cfg_scale": round(self.cfg_spin.value(), 2), "seed": self.seed_spin.seed(),
@@ -223,13 +278,19 @@ class ParamsPanel(QWidget):
                 if spin.value() != int(value):
                     notes.append(f"{label} {value} -> {spin.value()}")
         if cfg_scale is not None:
-            self.cfg_spin.setValue(float(cfg_scale))
-            if abs(self.cfg_spin.value() - float(cfg_scale)) > 1e-6:
-                notes.append(f"CFG scale {cfg_scale} -> {self.cfg_spin.value()}")
+            if not math.isfinite(float(cfg_scale)):  # QDoubleSpinBox would show nan as its maximum, 30
+                notes.append(f"CFG scale {cfg_scale} is not a number, kept {self.cfg_spin.value():g}")
+            else:
+                self.cfg_spin.setValue(float(cfg_scale))
+                if abs(self.cfg_spin.value() - float(cfg_scale)) > 1e-6:
+                    notes.append(f"CFG scale {cfg_scale} -> {self.cfg_spin.value():g}")
         if random_seed:
             self.seed_spin.setValue(RANDOM)
         elif seed is not None:
             self.seed_spin.setValue(seed)
+            if self.seed_spin.value() != int(seed):
+                why = f"seeds go up to {MAX_SEED}" if int(seed) > MAX_SEED else "not a seed"
+                notes.append(f"seed {seed} -> {self.seed_spin.textFromValue(self.seed_spin.value())} ({why})")
         for combo, value, label in ((self.width_combo, width, "width"), (self.height_combo, height, "height")):
             if value is not None and combo.set_value(int(value)) != int(value):
                 notes.append(f"{label} {value} -> {combo.value()}")

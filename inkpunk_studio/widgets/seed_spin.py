@@ -11,6 +11,22 @@ MAX_SEED = 2**63 - 1  # the engine's limit (torch generators take 64-bit seeds)
 _RANDOM_TEXT = "Random"
 
 
+def parse_int(text: str) -> int | None:
+    """A non-negative integer typed as decimal digits, else None; never raises.
+
+    ``str.isdigit()`` also accepts superscripts and circled numbers (``²``, ``①``, on a French keyboard's
+    ``²`` key) that ``int()`` refuses, and an exception inside a Qt ``validate()`` takes the app down.
+    ``isdecimal()`` is exactly what ``int()`` reads, so full-width digits (``５１２``) still work.
+    """
+    text = text.strip()
+    if not text or not text.isdecimal():
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 class SeedSpinBox(QAbstractSpinBox):
     """Integer seed from -1 (random) to MAX_SEED. ``value()`` is an int; ``valueChanged`` carries it."""
 
@@ -49,11 +65,11 @@ class SeedSpinBox(QAbstractSpinBox):
         text = text.strip()
         if text.lower() == _RANDOM_TEXT.lower() or text == "-1":
             return RANDOM
-        if text.isdigit() and int(text) <= MAX_SEED:
-            return int(text)
-        return None
+        value = parse_int(text)
+        return value if value is not None and value <= MAX_SEED else None
 
     def validate(self, text: str, pos: int) -> object:
+        # Never let an exception escape here: Qt calls this from C++ and a Python error there crashes.
         stripped = text.strip()
         if self.valueFromText(stripped) is not None:
             return QValidator.State.Acceptable, text, pos

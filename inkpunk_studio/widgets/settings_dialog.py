@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -19,6 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from .. import paths
 from ..settings import DEVICES, PRECISIONS, AppSettings
 
 CHECKPOINT_FILTER = "Stable Diffusion checkpoints (*.safetensors *.ckpt);;All files (*)"
@@ -81,6 +83,10 @@ class SettingsDialog(QDialog):
 
         note = QLabel("Changing the checkpoint, device or precision reloads the model.", self)
         note.setProperty("role", "hint")
+        self.error_label = QLabel("", self)
+        self.error_label.setObjectName("settingsError")
+        self.error_label.setWordWrap(True)
+        self.error_label.setVisible(False)
 
         form = QFormLayout()
         form.addRow("Checkpoint", self._pair(self.checkpoint_edit, browse_checkpoint))
@@ -96,6 +102,7 @@ class SettingsDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(note)
+        layout.addWidget(self.error_label)
         layout.addWidget(buttons)
 
     def _choices(self, name: str, keys: tuple[str, ...], labels: dict[str, str], current: str) -> QComboBox:
@@ -125,6 +132,21 @@ class SettingsDialog(QDialog):
                                                   self.output_edit.text() or self.output_edit.placeholderText())
         if folder:
             self.output_edit.setText(folder)
+
+    def accept(self) -> None:
+        """OK: an output folder that can't be created is refused here, not after the next image is made."""
+        text = self.output_edit.text().strip()
+        if text:
+            try:
+                paths.ensure_folder(Path(text).expanduser())
+            except paths.FolderError as exc:
+                self.error_label.setText(f"The output folder can't be used: {exc.reason}. "
+                                         "Choose another one.")
+                self.error_label.setVisible(True)
+                self.output_edit.setFocus()
+                return
+        self.error_label.setVisible(False)
+        super().accept()
 
     def values(self) -> SettingsValues:
         return SettingsValues(checkpoint=self.checkpoint_edit.text().strip(),
