@@ -84,7 +84,7 @@ class FavoritesController(QObject):
             self.error = f"The library could not be opened: {exc}"
         else:
             self.error = ""
-            self.view = LibraryView(self.library)
+            self.view = LibraryView(self.library, window.tasks)
             self.view.statusMessage.connect(self._status)
             self.view.showRequested.connect(self._show)
             self.view.restoreRequested.connect(window.apply_image_params)
