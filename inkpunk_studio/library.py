@@ -245,6 +245,11 @@ class Library:
     @_translated
     def _create_schema(self) -> None:
         db = self._db()
+        # a damaged page deep in the file would otherwise only show as failing searches later; this reads
+        # every page once (well under a second for thousands of favorites, and opening is off the GUI thread)
+        problem = db.execute("PRAGMA quick_check(1)").fetchone()
+        if problem is not None and problem[0] != "ok":
+            raise LibraryDamagedError(f"The library database is damaged: {self.db_path} ({problem[0]})")
         columns = {row[1] for row in db.execute("PRAGMA table_info(favorites)")}
         # a library from before duplicates were found by image content gets the column
         migrate = ("ALTER TABLE favorites ADD COLUMN content_hash TEXT;"

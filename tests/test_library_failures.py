@@ -131,3 +131,21 @@ def test_damaged_database_is_set_aside_and_rebuilt_from_the_images(tmp_path: Pat
     finally:
         rebuilt.close()
     assert set_aside_database(tmp_path / "nothing-here") is None
+
+
+def test_a_damaged_page_inside_the_database_is_found_at_open(tmp_path: Path) -> None:
+    folder = tmp_path / "lib"
+    lib = Library(folder)
+    for k in range(12):  # thumbnails of noise: a database of many pages
+        noise = Image.frombytes("RGB", (64, 48), bytes((k * 7 + i) % 251 for i in range(64 * 48 * 3)))
+        lib.add(noise, _params(f"favorite {k}", k))
+    lib.close()
+    db_path = folder / library_mod.DB_NAME
+    assert not Path(f"{db_path}-wal").exists() or Path(f"{db_path}-wal").stat().st_size == 0
+    data = bytearray(db_path.read_bytes())
+    page = 4096
+    assert len(data) > 8 * page
+    data[3 * page:3 * page + 64] = b"\xff" * 64  # a b-tree page header overwritten, the file header intact
+    db_path.write_bytes(bytes(data))
+    with pytest.raises(LibraryDamagedError, match="damaged"):
+        Library(folder)

@@ -1,8 +1,9 @@
 """The Library view (objectName ``libraryView``): favorites as a searchable thumbnail grid with actions.
 
 It talks to a :class:`~inkpunk_studio.library.Library` and emits plain data; the main window decides what
-"show", "restore" and "use as init image" mean. The star button (objectName ``favoriteButton``, Ctrl+D) in the
-main window calls :meth:`LibraryView.add_favorite`, which stores the image and refreshes the grid.
+"show", "restore" and "use as init image" mean. The star button (objectName ``favoriteButton``, Ctrl+D) belongs
+to :class:`~inkpunk_studio.favorites.FavoritesController`, which adds on its own thread and then refreshes this
+grid; :meth:`LibraryView.add_favorite` is a blocking helper for scripts and tests.
 
 Thumbnails are stored in the database as small PNGs; they are fetched and decoded on a one-thread pool of
 the view's own (one thread, so one extra SQLite connection) and arrive in the grid as they are ready.
