@@ -359,6 +359,8 @@ class FavoritesController(QObject):
         self._update_tab_title()
 
     def _update_star(self) -> None:
+        if self._closed:  # a task finishing during close: the widgets may be going away
+            return
         canvas = self.window.canvas
         path = canvas.path if not canvas.is_preview() else None
         starred = path is not None and path in self._known
