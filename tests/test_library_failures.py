@@ -149,3 +149,25 @@ def test_a_damaged_page_inside_the_database_is_found_at_open(tmp_path: Path) -> 
     db_path.write_bytes(bytes(data))
     with pytest.raises(LibraryDamagedError, match="damaged"):
         Library(folder)
+
+
+def test_sqlite_errors_are_told_apart_in_words(tmp_path: Path) -> None:
+    lib = Library(tmp_path / "lib")
+    lib.close()
+    readonly = sqlite3.connect(f"file:{lib.db_path}?mode=ro", uri=True)  # SQLite's own read-only refusal
+    try:
+        with pytest.raises(sqlite3.Error) as caught:
+            readonly.execute("DELETE FROM favorites")
+    finally:
+        readonly.close()
+    error = library_mod.library_error(caught.value, lib.db_path)
+    assert isinstance(error, library_mod.LibraryReadOnlyError) and "read-only" in str(error)
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"not a database" * 100)
+    db = sqlite3.connect(garbage)
+    try:
+        with pytest.raises(sqlite3.Error) as caught:
+            db.execute("SELECT * FROM sqlite_master").fetchall()
+    finally:
+        db.close()
+    assert isinstance(library_mod.library_error(caught.value, garbage), LibraryDamagedError)
