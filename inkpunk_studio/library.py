@@ -30,16 +30,23 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 from PIL import Image
 
 from .fileio import TEMP_PREFIX, atomic_write_bytes, remove_stale_temp_files
 from .imageload import ImageLoadError, load_image, normalise
+from .library_errors import (  # noqa: F401  (re-exported: callers import the errors from here)
+    LibraryBusyError,
+    LibraryDamagedError,
+    LibraryError,
+    LibraryReadOnlyError,
+    library_error,
+    translated,
+)
 from .metadata import ImageParams, png_bytes, read_params
 
 log = logging.getLogger(__name__)
@@ -80,64 +87,6 @@ CREATE INDEX IF NOT EXISTS favorites_created ON favorites (created);
 CREATE TABLE IF NOT EXISTS removed (file TEXT PRIMARY KEY, delete_file INTEGER NOT NULL);
 """
 _HASH_INDEX = "CREATE INDEX IF NOT EXISTS favorites_hash ON favorites (content_hash)"
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-class LibraryError(OSError):
-    """The library's database can't do what was asked; ``str(error)`` is a sentence for the user."""
-
-
-class LibraryBusyError(LibraryError):
-    """Another program holds the database's write lock; trying again later may work."""
-
-
-class LibraryDamagedError(LibraryError):
-    """The database file is damaged (or isn't an SQLite database); see :func:`set_aside_database`."""
-
-
-class LibraryReadOnlyError(LibraryError):
-    """The database (or its folder) can't be written."""
-
-
-# SQLite's primary result codes (https://www.sqlite.org/rescode.html)
-_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _TOOBIG, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 18, 26
-
-
-def library_error(exc: sqlite3.Error, db_path: Path) -> LibraryError:
-    """A :class:`LibraryError` saying in words what ``exc`` means for the library at ``db_path``."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = code & 0xFF if isinstance(code, int) else None
-    text = str(exc).lower()
-    if primary in (_BUSY, _LOCKED) or "locked" in text or "busy" in text:
-        return LibraryBusyError("The library is busy: another program is using its database "
-                                f"({db_path}). Try again in a moment.")
-    if primary == _READONLY or "readonly" in text or "read-only" in text:
-        return LibraryReadOnlyError(f"The library database can't be written (read-only): {db_path}")
-    if primary in (_CORRUPT, _NOTADB) or "malformed" in text or "not a database" in text:
-        return LibraryDamagedError(f"The library database is damaged: {db_path} ({exc})")
-    if primary == _FULL or "full" in text:
-        return LibraryError(f"The disk holding the library is full ({db_path.parent}).")
-    if primary == _TOOBIG or "too big" in text:
-        return LibraryError("The favorite is too large for the library database (a very long prompt?).")
-    if primary == _CANTOPEN:
-        return LibraryReadOnlyError(f"The library database can't be opened: {db_path} ({exc})")
-    return LibraryError(f"The library database failed: {exc}")
-
-
-def _translated(method: Callable[P, R]) -> Callable[P, R]:
-    """Raise SQLite failures of a Library method as LibraryError (keeps the original as __cause__)."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except sqlite3.Error as exc:
-            raise library_error(exc, args[0].db_path) from exc  # type: ignore[attr-defined]
-
-    return wrapper
-
 
 def content_hash(image: Image.Image) -> str:
     """SHA-256 of an image's normalised RGB pixels and size: equal for the same picture in any file."""
@@ -242,7 +191,7 @@ class Library:
             self.close()
             raise
 
-    @_translated
+    @translated
     def _create_schema(self) -> None:
         db = self._db()
         # a damaged page deep in the file would otherwise only show as failing searches later; this reads
@@ -320,7 +269,7 @@ class Library:
         missing): then that one. Returns ``(favorite, added)``. Equal parameters alone don't make a match."""
         return self._add(image, params, unique=True)
 
-    @_translated
+    @translated
     def _add(self, image: Image.Image | str | Path, params: ImageParams | None,
              unique: bool) -> tuple[Favorite, bool]:
         if self._closed:
@@ -401,7 +350,7 @@ class Library:
             fav_id = int(cur.lastrowid)
         return Favorite(fav_id, params, path, created, False, thumbnail)
 
-    @_translated
+    @translated
     def find_content(self, digest: str, size: tuple[int, int] | None = None) -> Favorite | None:
         """The oldest favorite whose image has this :func:`content_hash` (and whose file isn't missing).
 
@@ -447,7 +396,7 @@ class Library:
                              extra={str(k): str(v) for k, v in extra_dict.items()})
         return Favorite(fav_id, params, self.images_dir / file, created, bool(missing), thumbnail)
 
-    @_translated
+    @translated
     def get(self, fav_id: int) -> Favorite | None:
         """The favorite with this id, thumbnail included; ``None`` if there is none."""
         row = self._db().execute(f"SELECT {_COLUMNS}, thumbnail FROM favorites WHERE id = ?",
@@ -456,13 +405,13 @@ class Library:
             return None
         return self._favorite(row[:-1], bytes(row[-1]) if row[-1] is not None else None)
 
-    @_translated
+    @translated
     def thumbnail(self, fav_id: int) -> bytes | None:
         """The stored PNG thumbnail of one favorite (``None`` if unknown)."""
         row = self._db().execute("SELECT thumbnail FROM favorites WHERE id = ?", (int(fav_id),)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
 
-    @_translated
+    @translated
     def search(self, text: str = "", sort: str = "newest") -> list[Favorite]:
         """Favorites whose prompt contains every word of ``text`` (case-insensitive), without thumbnails."""
         if sort not in _SORTS:
@@ -473,13 +422,13 @@ class Library:
                                   words).fetchall()
         return [self._favorite(r) for r in rows]
 
-    @_translated
+    @translated
     def count(self) -> int:
         return int(self._db().execute("SELECT count(*) FROM favorites").fetchone()[0])
 
     # ------------------------------------------------------------ removing
 
-    @_translated
+    @translated
     def remove(self, fav_id: int, delete_file: bool = True) -> bool:
         """Remove a favorite; ``delete_file`` also deletes its image. Returns whether it existed.
 
@@ -510,7 +459,7 @@ class Library:
 
     # ------------------------------------------------------------ repair
 
-    @_translated
+    @translated
     def repair(self) -> RepairReport:
         """Bring the index and the images folder back in line after a crash or outside changes.
 
