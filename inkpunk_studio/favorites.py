@@ -179,9 +179,11 @@ class FavoritesController(QObject):
 
     async def _open(self, rebuild: bool = False) -> None:
         delay = OPEN_RETRY_FIRST_S
+        set_aside = rebuild  # only once: a retry must not set a freshly built database aside again
         while not self._closed:
             try:
-                future = self._executor.submit(self._open_library, rebuild)
+                future = self._executor.submit(self._open_library, set_aside)
+                set_aside = False
                 library, aside = await asyncio.wrap_future(future, loop=self.window.tasks.loop)
             except LibraryBusyError as exc:  # another program holds the write lock: try again soon
                 log.info("library busy, retrying in %.1f s", delay)
