@@ -4,13 +4,25 @@ Crash safety comes from ordering. ``add`` writes the PNG atomically (temp, fsync
 row (WAL, ``synchronous=FULL``), so once ``add`` returns the favorite survives a kill at any later moment;
 a kill in between leaves a file without a row, which the next start re-adopts from the PNG's own
 ``parameters`` chunk. ``remove`` commits a tombstone with the row's deletion, so a half-done removal is
-finished at the next start instead of the favorite coming back.
+finished at the next start instead of the favorite coming back. If the row can't be committed (a locked
+database, a full disk) ``add`` deletes the file again and raises :class:`LibraryError`, so a failed add
+leaves nothing for the next start to adopt.
+
+Every SQLite failure reaches callers as a :class:`LibraryError` whose text is meant for the user:
+:class:`LibraryBusyError` (another program holds the write lock; waits at most ``busy_timeout``, so callers
+retry instead of blocking), :class:`LibraryDamagedError` (offer :func:`set_aside_database` and a rebuild from
+the image files) and :class:`LibraryReadOnlyError`.
+
+Favorites are told apart by image content (:func:`content_hash`, the pixels), not by their parameters:
+``add_unique`` of an image already in the library returns the existing favorite.
 
 Each thread gets its own SQLite connection; methods may be called from any thread.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
 import logging
@@ -27,6 +39,14 @@ from PIL import Image
 
 from .fileio import TEMP_PREFIX, atomic_write_bytes, remove_stale_temp_files
 from .imageload import ImageLoadError, load_image, normalise
+from .library_errors import (  # noqa: F401  (re-exported: callers import the errors from here)
+    LibraryBusyError,
+    LibraryDamagedError,
+    LibraryError,
+    LibraryReadOnlyError,
+    library_error,
+    translated,
+)
 from .metadata import ImageParams, png_bytes, read_params
 
 log = logging.getLogger(__name__)
@@ -38,6 +58,8 @@ STALE_TEMP_SECONDS = 60.0  # temp files younger than this may belong to another 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 _SORTS = {"newest": "created DESC, id DESC", "oldest": "created ASC, id ASC"}
 _INT64 = 2**63
+BUSY_TIMEOUT = 1.0  # seconds a write waits for another program's lock before LibraryBusyError
+DAMAGED_SUFFIX = ".damaged"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS favorites (
@@ -57,14 +79,57 @@ CREATE TABLE IF NOT EXISTS favorites (
     strength REAL,
     extra TEXT NOT NULL DEFAULT '{}',     -- JSON object of the unknown metadata keys
     thumbnail BLOB,                       -- PNG, at most THUMBNAIL_SIZE px a side
-    missing INTEGER NOT NULL DEFAULT 0    -- 1 while the image file is gone
+    missing INTEGER NOT NULL DEFAULT 0,   -- 1 while the image file is gone
+    content_hash TEXT                     -- content_hash() of the pixels; NULL in rows from older versions
 );
 CREATE INDEX IF NOT EXISTS favorites_created ON favorites (created);
 -- files whose favorite was removed: delete_file=1 -> delete at the next start; 0 -> keep, never re-adopt
 CREATE TABLE IF NOT EXISTS removed (file TEXT PRIMARY KEY, delete_file INTEGER NOT NULL);
 """
+_HASH_INDEX = "CREATE INDEX IF NOT EXISTS favorites_hash ON favorites (content_hash)"
+
+def content_hash(image: Image.Image) -> str:
+    """SHA-256 of an image's normalised RGB pixels and size: equal for the same picture in any file."""
+    picture = load_image(image)
+    digest = hashlib.sha256(f"RGB {picture.width}x{picture.height}\n".encode())
+    digest.update(picture.tobytes())
+    return digest.hexdigest()
+
+
+def set_aside_database(folder: str | Path) -> Path | None:
+    """Rename a damaged library database (with its -wal/-shm files) aside so a new one can be built.
+
+    Nothing is deleted: the files become ``library.sqlite3.damaged-<time>`` (and ``...-wal``/``-shm``).
+    Returns the new name of the database file, or None if there was none. Opening a :class:`Library` on
+    the folder afterwards rebuilds the index from the image files (see ``Library.repair``); favorites
+    removed with ``delete_file=False`` are adopted again, their tombstones were in the old database.
+    """
+    folder = Path(folder)
+    db_path = folder / DB_NAME
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = folder / f"{DB_NAME}{DAMAGED_SUFFIX}-{stamp}"
+    n = 1
+    while target.exists():
+        target, n = folder / f"{DB_NAME}{DAMAGED_SUFFIX}-{stamp}-{n}", n + 1
+    moved = None
+    for suffix in ("", "-wal", "-shm"):
+        source = folder / f"{DB_NAME}{suffix}"
+        if source.exists():
+            os.replace(source, f"{target}{suffix}")
+            if not suffix:
+                moved = target
+    if moved is not None:
+        log.warning("library database %s set aside as %s", db_path, moved)
+    return moved
+
 _COLUMNS = ("id, created, file, prompt, negative_prompt, seed, steps, cfg_scale, sampler, width, height, "
             "model_name, model_hash, strength, extra, missing")
+
+
+class _Duplicate(Exception):
+    def __init__(self, favorite: Favorite) -> None:
+        super().__init__(favorite.id)
+        self.favorite = favorite
 
 
 @dataclass(frozen=True)
@@ -103,18 +168,47 @@ def make_thumbnail(image: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
 class Library:
     """Favorites stored in ``folder`` (created if needed). Opening it repairs it; see ``repair``."""
 
-    def __init__(self, folder: str | Path, *, repair: bool = True) -> None:
+    def __init__(self, folder: str | Path, *, repair: bool = True, busy_timeout: float = BUSY_TIMEOUT) -> None:
+        """Open (creating if needed) the library in ``folder``.
+
+        Raises :class:`LibraryError` (busy, damaged, read-only, ...) or ``OSError`` for an unusable folder;
+        every connection opened so far is closed again then.
+        """
         self.folder = Path(folder)
         self.images_dir = self.folder / IMAGES_DIR
-        self.images_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.folder / DB_NAME
+        self.busy_timeout = float(busy_timeout)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.RLock()  # guards _connections and _reserved
         self._reserved: set[str] = set()
         self._closed = False
-        self._db().executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-        self.last_repair = self.repair() if repair else RepairReport()
+        try:
+            self.images_dir.mkdir(parents=True, exist_ok=True)
+            self._create_schema()
+            self.last_repair = self.repair() if repair else RepairReport()
+        except BaseException:
+            self.close()
+            raise
+
+    @translated
+    def _create_schema(self) -> None:
+        db = self._db()
+        # a damaged page deep in the file would otherwise only show as failing searches later; this reads
+        # every page once (well under a second for thousands of favorites, and opening is off the GUI thread)
+        problem = db.execute("PRAGMA quick_check(1)").fetchone()
+        if problem is not None and problem[0] != "ok":
+            raise LibraryDamagedError(f"The library database is damaged: {self.db_path} ({problem[0]})")
+        columns = {row[1] for row in db.execute("PRAGMA table_info(favorites)")}
+        # a library from before duplicates were found by image content gets the column
+        migrate = ("ALTER TABLE favorites ADD COLUMN content_hash TEXT;"
+                   if columns and "content_hash" not in columns else "")
+        try:
+            db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} {migrate} {_HASH_INDEX}; COMMIT;")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     # ------------------------------------------------------------ connections
 
@@ -125,7 +219,8 @@ class Library:
         if db is None:
             # check_same_thread=False only so close() can close every thread's connection; each thread
             # uses its own.
-            db = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(self.db_path, timeout=self.busy_timeout, isolation_level=None,
+                                 check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # a returned commit is on disk
             db.create_function("casefold", 1, _casefold, deterministic=True)
@@ -163,8 +258,22 @@ class Library:
 
         ``image`` is a PIL image or an image file. ``params`` defaults to the metadata in the image (or
         blank parameters). The stored file is a PNG carrying ``params`` in its ``parameters`` chunk.
-        Raises ``ImageLoadError`` for a file that isn't a usable image.
+        Raises ``ImageLoadError`` for a file that isn't a usable image and :class:`LibraryError` when the
+        row can't be committed (the file is deleted again then).
         """
+        return self._add(image, params, unique=False)[0]
+
+    def add_unique(self, image: Image.Image | str | Path,
+                   params: ImageParams | None = None) -> tuple[Favorite, bool]:
+        """Like :meth:`add`, unless a favorite with the same image content is already there (its file not
+        missing): then that one. Returns ``(favorite, added)``. Equal parameters alone don't make a match."""
+        return self._add(image, params, unique=True)
+
+    @translated
+    def _add(self, image: Image.Image | str | Path, params: ImageParams | None,
+             unique: bool) -> tuple[Favorite, bool]:
+        if self._closed:
+            raise ValueError("the library is closed")
         if isinstance(image, (str, Path)):
             source = Path(image)
             file_params = read_params(source)
@@ -172,17 +281,30 @@ class Library:
             picture = load_image(source)
             with open(source, "rb") as f:
                 is_png = f.read(8) == b"\x89PNG\r\n\x1a\n"
-            data = source.read_bytes() if is_png and file_params == params else png_bytes(picture, params)
+            make_data = (source.read_bytes if is_png and file_params == params
+                         else functools.partial(png_bytes, picture, params))
         else:
             params = params or read_params(image) or ImageParams()
-            picture = image
-            data = png_bytes(image, params)
+            picture = load_image(image)
+            make_data = functools.partial(png_bytes, image, params)
+        digest = content_hash(picture)
+        if unique:
+            existing = self.find_content(digest, picture.size)
+            if existing is not None:
+                return existing, False
+        data = make_data()
         thumbnail = make_thumbnail(picture)
         created = time.time()
         path = self._reserve_file_path(created, params.seed)
         try:
             atomic_write_bytes(path, data)
-            return self._insert(path, params, created, thumbnail)
+            try:
+                return self._insert(path, params, created, thumbnail, digest, unique), True
+            except BaseException as exc:  # no row: the file must not be adopted at the next start
+                _unlink_quietly(path)
+                if isinstance(exc, _Duplicate):  # added by another thread or program meanwhile
+                    return exc.favorite, False
+                raise
         finally:
             with self._lock:
                 self._reserved.discard(path.name)
@@ -204,23 +326,58 @@ class Library:
         return db.execute("SELECT 1 FROM favorites WHERE file = ? UNION SELECT 1 FROM removed WHERE file = ?",
                           (name, name)).fetchone() is not None
 
-    def _insert(self, path: Path, params: ImageParams, created: float, thumbnail: bytes) -> Favorite:
+    def _insert(self, path: Path, params: ImageParams, created: float, thumbnail: bytes, digest: str,
+                unique: bool = False) -> Favorite:
         extra = dict(params.extra)
         seed = params.seed
         if seed is not None and not -_INT64 <= seed < _INT64:  # SQLite integers are 64-bit
             extra.setdefault("Seed", str(seed))
             seed = None
         with self._write() as db:
+            if unique:
+                row = db.execute(f"SELECT {_COLUMNS} FROM favorites WHERE content_hash = ? AND missing = 0 "
+                                 "ORDER BY id LIMIT 1", (digest,)).fetchone()
+                if row is not None:
+                    raise _Duplicate(self._favorite(row))
             cur = db.execute(
                 "INSERT INTO favorites (created, file, prompt, negative_prompt, seed, steps, cfg_scale, sampler,"
-                " width, height, model_name, model_hash, strength, extra, thumbnail) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " width, height, model_name, model_hash, strength, extra, thumbnail, content_hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (created, path.name, params.prompt, params.negative_prompt, seed, int(params.steps),
                  float(params.cfg_scale), params.sampler, int(params.width), int(params.height),
                  params.model_name, params.model_hash, params.strength, json.dumps(extra, ensure_ascii=False),
-                 sqlite3.Binary(thumbnail)))
+                 sqlite3.Binary(thumbnail), digest))
             fav_id = int(cur.lastrowid)
         return Favorite(fav_id, params, path, created, False, thumbnail)
+
+    @translated
+    def find_content(self, digest: str, size: tuple[int, int] | None = None) -> Favorite | None:
+        """The oldest favorite whose image has this :func:`content_hash` (and whose file isn't missing).
+
+        Rows from older versions have no hash yet; those whose parameters name ``size`` (width, height)
+        get theirs computed from their file here, once.
+        """
+        db = self._db()
+        if size is not None:
+            legacy = db.execute("SELECT id, file FROM favorites WHERE content_hash IS NULL AND missing = 0 "
+                                "AND width = ? AND height = ?", (int(size[0]), int(size[1]))).fetchall()
+            hashes = []
+            for fav_id, name in legacy:
+                try:
+                    hashes.append((content_hash(load_image(self.images_dir / name)), fav_id))
+                except (ImageLoadError, OSError):
+                    log.info("can't hash favorite %s (%s)", fav_id, name, exc_info=True)
+            if hashes:
+                with self._write() as w:
+                    w.executemany("UPDATE favorites SET content_hash = ? WHERE id = ?", hashes)
+        row = db.execute(f"SELECT {_COLUMNS} FROM favorites WHERE content_hash = ? AND missing = 0 "
+                         "ORDER BY id LIMIT 1", (digest,)).fetchone()
+        return self._favorite(row) if row is not None else None
+
+    def find_image(self, image: Image.Image | str | Path) -> Favorite | None:
+        """The favorite showing the same picture as ``image`` (a PIL image or a file), or None."""
+        picture = load_image(image)
+        return self.find_content(content_hash(picture), picture.size)
 
     # ------------------------------------------------------------ reading
 
@@ -239,6 +396,7 @@ class Library:
                              extra={str(k): str(v) for k, v in extra_dict.items()})
         return Favorite(fav_id, params, self.images_dir / file, created, bool(missing), thumbnail)
 
+    @translated
     def get(self, fav_id: int) -> Favorite | None:
         """The favorite with this id, thumbnail included; ``None`` if there is none."""
         row = self._db().execute(f"SELECT {_COLUMNS}, thumbnail FROM favorites WHERE id = ?",
@@ -247,11 +405,13 @@ class Library:
             return None
         return self._favorite(row[:-1], bytes(row[-1]) if row[-1] is not None else None)
 
+    @translated
     def thumbnail(self, fav_id: int) -> bytes | None:
         """The stored PNG thumbnail of one favorite (``None`` if unknown)."""
         row = self._db().execute("SELECT thumbnail FROM favorites WHERE id = ?", (int(fav_id),)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
 
+    @translated
     def search(self, text: str = "", sort: str = "newest") -> list[Favorite]:
         """Favorites whose prompt contains every word of ``text`` (case-insensitive), without thumbnails."""
         if sort not in _SORTS:
@@ -262,11 +422,13 @@ class Library:
                                   words).fetchall()
         return [self._favorite(r) for r in rows]
 
+    @translated
     def count(self) -> int:
         return int(self._db().execute("SELECT count(*) FROM favorites").fetchone()[0])
 
     # ------------------------------------------------------------ removing
 
+    @translated
     def remove(self, fav_id: int, delete_file: bool = True) -> bool:
         """Remove a favorite; ``delete_file`` also deletes its image. Returns whether it existed.
 
@@ -297,6 +459,7 @@ class Library:
 
     # ------------------------------------------------------------ repair
 
+    @translated
     def repair(self) -> RepairReport:
         """Bring the index and the images folder back in line after a crash or outside changes.
 
@@ -346,10 +509,19 @@ class Library:
             return False
         params = read_params(path) or ImageParams(width=picture.width, height=picture.height)
         try:
-            self._insert(path, params, created, make_thumbnail(picture))
+            self._insert(path, params, created, make_thumbnail(picture), content_hash(picture))
         except sqlite3.IntegrityError:  # another instance adopted it first
             return False
         return True
 
     def __repr__(self) -> str:
         return f"Library({os.fspath(self.folder)!r})"
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        log.warning("could not delete %s after a failed add", path, exc_info=True)

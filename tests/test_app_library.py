@@ -65,6 +65,7 @@ def test_star_keeps_a_favorite_across_a_restart_with_search_and_restore(qtbot, o
 
     # restart on the same data folder: both favorites are in the Library view, with thumbnails
     window = open_window(checkpoint=tiny_checkpoint, data_dir=data, wait_ready=False)
+    qtbot.waitUntil(lambda: window.favorites.state == "ready", timeout=10_000)  # it opens in the background
     view = window.findChild(LibraryView, "libraryView")
     window.findChild(QAction, "libraryToggleAction").trigger()  # View ▸ Library
     assert view.isVisible()

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lib_lock import write_lock
 from PIL import Image
 from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import QApplication, QLineEdit, QListWidget, QPushButton
+from PySide6.QtWidgets import QApplication, QFileDialog, QLineEdit, QListWidget, QPushButton
 
 from inkpunk_studio.library import Library
 from inkpunk_studio.metadata import ImageParams, read_params
 from inkpunk_studio.widgets.library_view import ID_ROLE, LibraryView
+from inkpunk_studio.worker import AsyncTasks
 
 
 @pytest.fixture
@@ -30,8 +34,15 @@ def library(tmp_path: Path) -> Iterator[Library]:
 
 
 @pytest.fixture
-def view(qtbot, library: Library) -> Iterator[LibraryView]:
-    v = LibraryView(library)
+def tasks(qtbot) -> Iterator[AsyncTasks]:
+    runner = AsyncTasks()
+    yield runner
+    runner.shutdown()
+
+
+@pytest.fixture
+def view(qtbot, library: Library, tasks: AsyncTasks) -> Iterator[LibraryView]:
+    v = LibraryView(library, tasks)
     v.confirm_remove = False
     qtbot.addWidget(v)
     v.resize(700, 500)
@@ -159,3 +170,37 @@ def test_closed_library_does_not_crash_the_view(view: LibraryView, library: Libr
     with qtbot.waitSignal(view.statusMessage, timeout=1000) as sig:
         view.refresh()
     assert "Library unavailable" in sig.args[0] and view.favorites() == []
+
+
+def test_remove_with_the_database_locked_keeps_the_gui_responsive(view: LibraryView, library: Library,
+                                                                   qtbot) -> None:
+    fav = view.favorites()[0]
+    view.select(fav.id)
+    with write_lock(library.db_path):
+        start = time.monotonic()
+        with qtbot.waitSignal(view.statusMessage, timeout=5_000,
+                              check_params_cb=lambda m: m.startswith("Couldn't remove")) as sig:
+            view.removeAction.trigger()
+            assert time.monotonic() - start < 0.5  # returned at once; the wait is on a pool thread
+        assert "busy" in sig.args[0]
+    assert fav.path.exists() and library.get(fav.id) is not None and view.removeAction.isEnabled()
+    with qtbot.waitSignal(view.favoritesChanged, timeout=5_000):  # the lock is gone: it works
+        view.removeAction.trigger()
+    assert library.get(fav.id) is None and not fav.path.exists()
+
+
+def test_export_of_a_large_favorite_runs_off_the_gui_thread(view: LibraryView, library: Library,
+                                                            tmp_path: Path, monkeypatch, qtbot) -> None:
+    noise = Image.frombytes("RGB", (2048, 2048), random.Random(7).randbytes(2048 * 2048 * 3))
+    big = library.add(noise, ImageParams(prompt="a big one", seed=3, width=2048, height=2048))
+    view.refresh()
+    view.select(big.id)
+    dest = tmp_path / "big.png"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(dest), "")))
+    with qtbot.waitSignal(view.statusMessage, timeout=30_000,
+                          check_params_cb=lambda m: m.startswith("Exported to")):
+        task = view.export_selected()  # what the Export action (Ctrl+E) runs
+        assert task is not None and not task.done() and not dest.exists()  # still encoding elsewhere
+    assert read_params(dest) == big.params
+    with Image.open(dest) as out:
+        assert out.size == (2048, 2048)

@@ -1,19 +1,25 @@
 """The Library view (objectName ``libraryView``): favorites as a searchable thumbnail grid with actions.
 
 It talks to a :class:`~inkpunk_studio.library.Library` and emits plain data; the main window decides what
-"show", "restore" and "use as init image" mean. The star button (objectName ``favoriteButton``, Ctrl+D) in the
-main window calls :meth:`LibraryView.add_favorite`, which stores the image and refreshes the grid.
+"show", "restore" and "use as init image" mean. The star button (objectName ``favoriteButton``, Ctrl+D) belongs
+to :class:`~inkpunk_studio.favorites.FavoritesController`, which adds on its own thread and then refreshes this
+grid; :meth:`LibraryView.add_favorite` is a blocking helper for scripts and tests.
 
 Thumbnails are stored in the database as small PNGs; they are fetched and decoded on a one-thread pool of
 the view's own (one thread, so one extra SQLite connection) and arrive in the grid as they are ready.
+Removing and exporting run on the app's :class:`~inkpunk_studio.worker.AsyncTasks` (given to the view): a
+locked database or a 2048x2048 PNG encode never blocks the GUI thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 from PySide6.QtCore import QObject, QPoint, QRunnable, QSize, Qt, QThreadPool, QTimer, QUrl, Signal, Slot
@@ -41,6 +47,18 @@ from ..library import Favorite, Library
 from ..metadata import ImageParams, export_image
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class BackgroundTasks(Protocol):
+    """What the view needs from :class:`~inkpunk_studio.worker.AsyncTasks` (kept structural so the widgets
+    don't import the worker module)."""
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]: ...
+
+    def run(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]: ...
+
 
 ID_ROLE = Qt.ItemDataRole.UserRole
 THUMB_SIZE = 144
@@ -84,10 +102,11 @@ class LibraryView(QWidget):
     statusMessage = Signal(str)  # something for the status bar
     favoritesChanged = Signal()  # after an add or a remove
 
-    def __init__(self, library: Library, parent: QWidget | None = None) -> None:
+    def __init__(self, library: Library, tasks: BackgroundTasks, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("libraryView")
         self.library = library
+        self.tasks = tasks
         self.confirm_remove = True  # ask before deleting a favorite's file
         self._generation = 0
         self._favorites: dict[int, Favorite] = {}
@@ -321,40 +340,70 @@ class LibraryView(QWidget):
         if fav is not None:
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(fav.path.parent)))
 
-    def remove_selected(self) -> None:
+    def remove_selected(self) -> asyncio.Task | None:
+        """Remove the selected favorite (after asking) in the background: a locked database costs a status
+        message, never a frozen window."""
         fav = self.selected_favorite()
         if fav is None:
-            return
+            return None
         if self.confirm_remove:
             answer = QMessageBox.question(self, "Remove from library",
                                           "Remove this favorite and delete its image from the library folder?")
             if answer != QMessageBox.StandardButton.Yes:
-                return
+                return None
+        self.removeAction.setEnabled(False)
+        self.statusMessage.emit("Removing from the library…")
+        return self.tasks.spawn(self._remove(fav))
+
+    async def _remove(self, fav: Favorite) -> None:
         try:
-            self.library.remove(fav.id, delete_file=True)
-        except Exception as e:  # database trouble: say so, keep the view
-            log.exception("removing favorite %s failed", fav.id)
+            await self.tasks.run(self.library.remove, fav.id, True)
+        except Exception as e:  # database trouble (busy, damaged, closed): say so, keep the view
+            log.warning("removing favorite %s failed", fav.id, exc_info=True)
             self.statusMessage.emit(f"Couldn't remove the favorite: {e}")
+            self._update_actions()
             return
         self.refresh()
         self.statusMessage.emit("Removed from the library")
         self.favoritesChanged.emit()
 
-    def export_selected(self) -> None:
+    def export_selected(self) -> asyncio.Task | None:
+        """Ask for a destination, then export in the background (see :meth:`export_in_background`)."""
         fav = self._selected_with_file()
         if fav is None:
-            return
+            return None
         start = str(Path.home() / f"{fav.path.stem}.png")
         dest, chosen = QFileDialog.getSaveFileName(self, "Export image", start, ";;".join(_EXPORT_FILTERS))
         if not dest:
-            return
+            return None
         fmt = None if Path(dest).suffix else _EXPORT_FILTERS.get(chosen, "png")
         if fmt is not None:
             dest = f"{dest}.{'jpg' if fmt == 'jpeg' else fmt}"
-        self.export_to(fav.id, dest)
+        return self.export_in_background(fav.id, dest)
+
+    def export_in_background(self, fav_id: int, dest: str | Path, fmt: str | None = None) -> asyncio.Task | None:
+        """Export off the GUI thread (decoding and encoding a 2048x2048 image takes about a second); the
+        result arrives as a status message. None if there is no such favorite."""
+        fav = self._favorites.get(fav_id) or self.library.get(fav_id)
+        if fav is None:
+            return None
+        self.statusMessage.emit(f"Exporting {fav.path.name}…")
+        return self.tasks.spawn(self._export(fav, dest, fmt))
+
+    async def _export(self, fav: Favorite, dest: str | Path, fmt: str | None) -> Path | None:
+        try:
+            out = await self.tasks.run(export_image, fav.path, dest, fmt)
+        except (OSError, ValueError, ImageLoadError) as e:
+            self.statusMessage.emit(f"Export failed: {e}")
+            return None
+        self.statusMessage.emit(f"Exported to {out}")
+        return out
 
     def export_to(self, fav_id: int, dest: str | Path, fmt: str | None = None) -> Path | None:
-        """Export a favorite to ``dest`` (format from ``fmt`` or the suffix), keeping its parameters."""
+        """Export a favorite to ``dest`` (format from ``fmt`` or the suffix), keeping its parameters.
+
+        Blocking (for scripts and tests); the Export action uses :meth:`export_in_background`.
+        """
         fav = self._favorites.get(fav_id) or self.library.get(fav_id)
         if fav is None:
             return None
