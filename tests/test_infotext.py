@@ -183,3 +183,25 @@ def test_unusable_values_are_noted_and_kept(text: str) -> None:
     assert p is not None and len(p.notes) == 1
     key = text.split(":")[0]
     assert key in p.notes[0] and key in p.extra
+
+
+@pytest.mark.parametrize("params", [
+    FULL,
+    ImageParams(prompt="x", sampler="euler_a", schedule="karras", rng="cpu"),
+    ImageParams(prompt="x", sampler=None, schedule=None, extra={"Sampler": "Restart"}),
+    ImageParams(prompt="x", strength=None, extra={"Denoising strength": "0.7", "Hires upscale": "2"}),
+])
+def test_a_row_with_the_original_columns_keeps_every_field(params: ImageParams) -> None:
+    """A store with columns for the original fields (the library) keeps the rest in its extra JSON."""
+    columns = {k: getattr(params, k) for k in ("prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width",
+                                               "height", "model_name", "model_hash", "strength")}
+    stored = json.loads(json.dumps(params.stored_extra()))
+    assert ImageParams.from_stored(params.sampler or "", stored, **columns) == params
+
+
+def test_rows_stored_before_schedules_existed() -> None:
+    old = ImageParams.from_stored("dpmpp_2m_karras", {}, prompt="x", seed=1)
+    assert (old.sampler, old.schedule, old.rng, old.legacy_sampler) == ("dpmpp_2m", "karras", "cpu",
+                                                                       "dpmpp_2m_karras")
+    old = ImageParams.from_stored("euler_a", {"Clip skip": "2"}, prompt="x")
+    assert (old.sampler, old.schedule, old.clip_skip, old.extra) == ("euler_a", "uniform", 2, {})

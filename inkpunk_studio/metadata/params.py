@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .names import (
+    DISPLAY_NAMES,
     SAMPLER_LABELS,
     SCHEDULE_LABELS,
     TIMESTEP_SAMPLERS,
@@ -130,6 +131,28 @@ class ImageParams:
         settings = ", ".join(f"{k}: {_quote(v)}" for k, v in items)
         negative = f"\nNegative prompt: {self.negative_prompt}" if self.negative_prompt else ""
         return f"{self.prompt}{negative}\n{settings}"
+
+    def stored_extra(self) -> dict[str, str]:
+        """``extra`` plus the A1111 keys of the fields a row with the original columns (prompt, negative, seed,
+        steps, cfg, sampler, size, model, strength) has no column for: schedule, clip skip, RNG, ENSD, emphasis,
+        variation, hashes, VAE, version. ``from_stored`` turns such a row back into the same ImageParams."""
+        settings = self.to_parameters_text().rsplit("\n", 1)[1]
+        raw = {k.strip(): _unquote(v.strip()) for k, v in RE_PARAM.findall(settings)}
+        for key in ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash", "Model", "Denoising strength"):
+            raw.pop(key, None)
+        return {**self.extra, **raw}
+
+    @classmethod
+    def from_stored(cls, sampler: str | None, extra: dict[str, str], **columns: Any) -> ImageParams:
+        """The inverse of ``stored_extra``: ``columns`` are ImageParams fields, ``sampler`` the stored engine name
+        (old rows hold combined names such as ``dpmpp_2m_karras``; "" means unknown)."""
+        p = cls(**columns)
+        raw = dict(extra)
+        if sampler:
+            raw.setdefault("Sampler", DISPLAY_NAMES.get(sampler, sampler))
+        raw.setdefault("RNG", "CPU")  # rows from before the RNG field were made here, with the CPU generator
+        apply_a1111(p, raw)
+        return p
 
     @classmethod
     def from_parameters_text(cls, text: str) -> ImageParams | None:
