@@ -256,18 +256,15 @@ def apply_a1111(p: ImageParams, raw: dict[str, str]) -> None:
     p.clip_skip = take("Clip skip", int, lambda v: 1 <= v <= 12) or 1
     p.ensd = take("ENSD", int) or 0
     p.rng = "nv"  # A1111: no RNG field means "GPU"
-    if "RNG" in rest:
-        if (v := _RNG_FROM_LABEL.get(rest["RNG"].strip().lower())) is not None:
-            p.rng = v
-            del rest["RNG"]
-        else:
-            p.notes.append(f"RNG {rest['RNG']!r} is not available")
-    if "Emphasis" in rest:
-        if (v := _EMPHASIS_FROM_LABEL.get(rest["Emphasis"].strip().lower())) is not None:
-            p.emphasis = v
-            del rest["Emphasis"]
-        else:
-            p.notes.append(f"Emphasis {rest['Emphasis']!r} is not available")
+    for key, attr, labels in (("RNG", "rng", _RNG_FROM_LABEL), ("Emphasis", "emphasis", _EMPHASIS_FROM_LABEL)):
+        if key in rest:
+            if (v := labels.get(rest[key].strip().lower())) is not None:
+                setattr(p, attr, v)
+                del rest[key]
+            else:
+                p.notes.append(f"{key} {rest[key]!r} is not available")
+    if hires:
+        p.notes.append("the hires fix settings are not restored")
     if "Variation seed" in rest or "Variation seed strength" in rest:
         seed = take("Variation seed", int)
         strength = take("Variation seed strength", float, lambda v: 0 <= v <= 1)
