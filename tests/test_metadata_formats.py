@@ -272,3 +272,11 @@ def test_parameters_after_a_chunk_over_one_mib_are_read() -> None:
     z = _chunk(b"zTXt", b"workflow2\0\0" + zlib.compress(workflow.encode()))
     p = read_params(_png(big, z, _chunk(b"tEXt", b"parameters\0" + text.encode())))
     assert p is not None and p.seed == 3
+
+
+def test_novelai_v1_keeps_the_prompt_in_description() -> None:
+    comment = {"steps": 50, "sampler": "k_euler_ancestral", "seed": 2253955223, "scale": 10.0, "uc": "lowres"}
+    p = read_params(_png(Title="AI generated image", Description="masterpiece, cat, space",
+                         Software="NovelAI", Comment=json.dumps(comment)))
+    assert p is not None and (p.prompt, p.negative_prompt, p.seed) == ("masterpiece, cat, space", "lowres",
+                                                                        2253955223)

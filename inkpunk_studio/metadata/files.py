@@ -19,7 +19,7 @@ from typing import BinaryIO
 from PIL import Image, PngImagePlugin
 
 from ..fileio import atomic_write_bytes
-from .formats import READERS, from_comfy_text
+from .formats import CONTEXT_KEYS, READERS
 from .params import MAX_TEXT, ImageParams
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
 _COMFY_EXIF_TAGS = (0x010F, 0x0110, 0x010E)  # Make, Model, ImageDescription: ComfyUI's "prompt:{...}" strings
-_WANTED = {key for key, _ in READERS}
+_WANTED = {key for key, _ in READERS} | CONTEXT_KEYS
 _MAX_TOTAL = 64 << 20  # all wanted text together
 
 
@@ -163,31 +163,13 @@ def params_from_texts(texts: dict) -> ImageParams | None:
         if not isinstance(value, str) or len(value) > MAX_TEXT:
             continue
         try:
-            p = parse(value)
+            p = parse(value, texts)
         except Exception:  # malformed metadata must never raise
             log.debug("unparseable %s metadata", key, exc_info=True)
             continue
-        if p is None:
-            continue
-        if key == "parameters" and isinstance(texts.get("prompt"), str):
-            _complete_from_graph(p, value, texts["prompt"])
-        return p
+        if p is not None:
+            return p
     return None
-
-
-def _complete_from_graph(p: ImageParams, text: str, graph_text: str) -> None:
-    """A1111-style text written next to a ComfyUI graph (Stability Matrix, ComfyUI's A1111-style savers): the
-    settings the text leaves out (noise source, emphasis, clip skip) come from the graph, not A1111's defaults."""
-    try:
-        graph = from_comfy_text(graph_text)
-    except Exception:  # a broken graph leaves the text's reading as it is
-        log.debug("unparseable ComfyUI graph next to parameters", exc_info=True)
-        return
-    if graph is None:
-        return
-    for key, attr in (("RNG", "rng"), ("Emphasis", "emphasis"), ("Clip skip", "clip_skip")):
-        if not re.search(rf"\b{key}:", text):
-            setattr(p, attr, getattr(graph, attr))
 
 
 def _params_from_image(img: Image.Image) -> ImageParams | None:

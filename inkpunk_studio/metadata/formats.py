@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .names import COMFY_SAMPLERS, COMFY_SCHEDULES, INVOKE_SCHEDULERS, sampler_from_a1111
 from .params import MAX_TEXT, ImageParams, parse_a1111
+
+log = logging.getLogger(__name__)
 
 
 def _int(value: object, positive: bool = False) -> int | None:
@@ -71,8 +74,9 @@ def _extra(d: dict, used: set[str]) -> dict[str, str]:
 # ---------------------------------------------------------------- A1111 text and its JSON cousins
 
 
-def from_parameters_value(text: str) -> ImageParams | None:
-    """The ``parameters`` value: A1111 text (A1111, Forge, SD.Next, Civitai, ...) or a JSON dialect."""
+def from_parameters_value(text: str, texts: Mapping[str, str] | None = None) -> ImageParams | None:
+    """The ``parameters`` value: A1111 text (A1111, Forge, SD.Next, Civitai, ...) or a JSON dialect. ``texts``:
+    the file's other metadata texts (a ComfyUI graph next to A1111-style text fills in what the text omits)."""
     if not isinstance(text, str) or len(text) > MAX_TEXT:
         return None
     if text.strip().startswith("{"):
@@ -82,7 +86,26 @@ def from_parameters_value(text: str) -> ImageParams | None:
             data = None
         if isinstance(data, dict):
             return from_json(data)
-    return parse_a1111(text)
+    p = parse_a1111(text)
+    graph = (texts or {}).get("prompt")
+    if p is not None and isinstance(graph, str):
+        _complete_from_graph(p, text, graph)
+    return p
+
+
+def _complete_from_graph(p: ImageParams, text: str, graph_text: str) -> None:
+    """A1111-style text written next to a ComfyUI graph (Stability Matrix, ComfyUI's A1111-style savers): the
+    settings the text leaves out (noise source, emphasis, clip skip) come from the graph, not A1111's defaults."""
+    try:
+        graph = from_comfy_graph(graph_text)
+    except Exception:  # a broken graph leaves the text's reading as it is
+        log.debug("unparseable ComfyUI graph next to parameters", exc_info=True)
+        return
+    if graph is None:
+        return
+    for key, attr in (("RNG", "rng"), ("Emphasis", "emphasis"), ("Clip skip", "clip_skip")):
+        if not re.search(rf"\b{key}:", text):
+            setattr(p, attr, getattr(graph, attr))
 
 
 def from_json(d: dict) -> ImageParams | None:
@@ -353,12 +376,14 @@ def _a1111_sampler(p: ImageParams, name: str) -> None:
 # ---------------------------------------------------------------- NovelAI, Tensor.Art
 
 
-def from_novelai(text: str) -> ImageParams | None:
-    """NovelAI's ``Comment`` JSON ({"steps", "sampler": "k_euler_ancestral", "scale", "uc", ...})."""
+def from_novelai(text: str, texts: Mapping[str, str]) -> ImageParams | None:
+    """NovelAI's ``Comment`` JSON ({"steps", "sampler": "k_euler_ancestral", "scale", "uc", ...}); its first
+    version kept the prompt in the ``Description`` chunk only."""
     d = json.loads(text)
     if not isinstance(d, dict) or "steps" not in d or "sampler" not in d:
         return None
-    p = ImageParams(prompt=_str(d.get("prompt")), negative_prompt=_str(d.get("uc")))
+    prompt = d.get("prompt", texts.get("Description"))
+    p = ImageParams(prompt=_str(prompt), negative_prompt=_str(d.get("uc")))
     _set(p, steps=_int(d.get("steps"), True), seed=_int(d.get("seed")), cfg_scale=_float(d.get("scale")),
          width=_int(d.get("width"), True), height=_int(d.get("height"), True))
     _a1111_sampler(p, _str(d.get("sampler")))
@@ -390,17 +415,23 @@ def from_tensorart(text: str) -> ImageParams | None:
     return p
 
 
-def from_comfy_text(text: str) -> ImageParams | None:
-    return from_comfy_graph(json.loads(text))
+Reader = Callable[[str, Mapping[str, str]], "ImageParams | None"]
 
 
-# PNG text key (or the same key in EXIF) -> reader, in order of preference: the first that gives params wins.
-READERS: tuple[tuple[str, Callable[[str], ImageParams | None]], ...] = (
+def _value_only(reader: Callable[[str], ImageParams | None]) -> Reader:
+    return lambda value, texts: reader(value)
+
+
+# PNG text key (or the same key in EXIF) -> reader(value, all texts), in order of preference: the first that
+# gives params wins. A new format is one function and one line here.
+READERS: tuple[tuple[str, Reader], ...] = (
     ("parameters", from_parameters_value),  # A1111 family, SwarmUI, Fooocus, RuinedFooocus
-    ("invokeai_metadata", from_invokeai),  # InvokeAI 3-6
-    ("sd-metadata", from_invokeai2),  # InvokeAI 2.x
-    ("Dream", from_invokeai_dream),  # InvokeAI 2.x command line
+    ("invokeai_metadata", _value_only(from_invokeai)),  # InvokeAI 3-6
+    ("sd-metadata", _value_only(from_invokeai2)),  # InvokeAI 2.x
+    ("Dream", _value_only(from_invokeai_dream)),  # InvokeAI 2.x command line
     ("Comment", from_novelai),  # NovelAI
-    ("prompt", from_comfy_text),  # ComfyUI (also Stability Matrix, Tensor.Art, SwarmUI)
-    ("generation_data", from_tensorart),  # Tensor.Art
+    ("prompt", _value_only(from_comfy_graph)),  # ComfyUI (also Stability Matrix, Tensor.Art, SwarmUI)
+    ("generation_data", _value_only(from_tensorart)),  # Tensor.Art
 )
+# keys read only as context for a reader above
+CONTEXT_KEYS = frozenset({"Description"})
