@@ -181,8 +181,20 @@ def test_invokeai_metadata_noise_device(device: str, rng: str) -> None:
             "height": 512, "seed": 1, "rand_device": device, "cfg_scale": 6.0, "steps": 24, "scheduler": "euler_a",
             "model": {"name": "inkpunk", "hash": "blake3:7c16"}, "app_version": "6.10.0"}
     p = read_params(_png(invokeai_metadata=json.dumps(meta, ensure_ascii=False)))
-    assert p is not None and (p.prompt, p.sampler, p.schedule, p.rng) == ("テスト", "euler_a", "automatic", rng)
+    assert p is not None and (p.prompt, p.sampler, p.schedule, p.rng) == ("テスト", "euler_a", "uniform", rng)
     assert (p.strength, p.model_name, p.version) == (None, "inkpunk", "InvokeAI 6.10.0")
+
+
+@pytest.mark.parametrize(("scheduler", "sampler", "schedule"), [
+    ("dpmpp_2m_k", "dpmpp_2m", "karras"), ("kdpm_2_a", "dpm2_a", "uniform"), ("unipc", "unipc", "automatic"),
+    ("dpmpp_2s", None, None),  # diffusers' single-step DPM++ 2S: not A1111's ancestral "DPM++ 2S a"
+    ("dpmpp_3m_k", None, None), ("tcd", None, None),
+])
+def test_invokeai_schedulers(scheduler: str, sampler: str | None, schedule: str | None) -> None:
+    meta = {"positive_prompt": "x", "seed": 1, "steps": 20, "scheduler": scheduler}
+    p = read_params(_png(invokeai_metadata=json.dumps(meta)))
+    assert p is not None and (p.sampler, p.schedule) == (sampler, schedule)
+    assert bool(p.notes) == (sampler is None)
 
 
 def test_novelai_comment() -> None:

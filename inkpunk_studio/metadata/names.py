@@ -62,15 +62,19 @@ COMFY_SAMPLERS: dict[str, str] = {
 }
 COMFY_SCHEDULES: dict[str, str] = {"normal": "normal", "karras": "karras", "exponential": "exponential",
                                    "sgm_uniform": "sgm_uniform", "simple": "simple"}
-# InvokeAI 3+ "scheduler" -> (engine sampler, schedule)  (invokeai/backend/stable_diffusion/schedulers)
+# InvokeAI 3+ "scheduler" -> (engine sampler, schedule). InvokeAI runs diffusers' schedulers
+# (invokeai/backend/stable_diffusion/schedulers/schedulers.py): "_k" is use_karras_sigmas, no suffix the plain
+# timesteps. Its "dpmpp_2s" is DPMSolverSinglestep, not A1111's ancestral DPM++ 2S a, and "dpmpp_3m" is not
+# the SDE sampler: neither is mapped.
 INVOKE_SCHEDULERS: dict[str, tuple[str, str]] = {
-    "euler": ("euler", "automatic"), "euler_a": ("euler_a", "automatic"), "heun": ("heun", "automatic"),
-    "lms": ("lms", "automatic"), "dpmpp_2m": ("dpmpp_2m", "uniform"), "dpmpp_2m_k": ("dpmpp_2m", "karras"),
-    "dpmpp_2s": ("dpmpp_2s_a", "uniform"), "dpmpp_2s_k": ("dpmpp_2s_a", "karras"),
-    "dpmpp_sde": ("dpmpp_sde", "uniform"), "dpmpp_sde_k": ("dpmpp_sde", "karras"),
-    "euler_k": ("euler", "karras"), "heun_k": ("heun", "karras"), "lms_k": ("lms", "karras"),
-    "kdpm_2": ("dpm2", "uniform"), "kdpm_2_a": ("dpm2_a", "uniform"), "ddim": ("ddim", "automatic"),
-    "ddpm": ("ddpm", "automatic"), "unipc": ("unipc", "automatic"),
+    **{name: (ours, "uniform") for name, ours in (
+        ("euler", "euler"), ("euler_a", "euler_a"), ("heun", "heun"), ("lms", "lms"), ("kdpm_2", "dpm2"),
+        ("kdpm_2_a", "dpm2_a"), ("dpmpp_2m", "dpmpp_2m"), ("dpmpp_sde", "dpmpp_sde"),
+        ("dpmpp_2m_sde", "dpmpp_2m_sde"))},
+    **{name + "_k": (ours, "karras") for name, ours in (
+        ("euler", "euler"), ("heun", "heun"), ("lms", "lms"), ("kdpm_2", "dpm2"), ("kdpm_2_a", "dpm2_a"),
+        ("dpmpp_2m", "dpmpp_2m"), ("dpmpp_sde", "dpmpp_sde"), ("dpmpp_2m_sde", "dpmpp_2m_sde"))},
+    "ddim": ("ddim", "automatic"), "ddpm": ("ddpm", "automatic"), "unipc": ("unipc", "automatic"),
 }
 
 
