@@ -205,3 +205,18 @@ def test_rows_stored_before_schedules_existed() -> None:
                                                                        "dpmpp_2m_karras")
     old = ImageParams.from_stored("euler_a", {"Clip skip": "2"}, prompt="x")
     assert (old.sampler, old.schedule, old.clip_skip, old.extra) == ("euler_a", "uniform", 2, {})
+
+
+@pytest.mark.parametrize(("tail", "prompt", "expected"), [
+    ("Version: v1.10.1", "[a:b:0.5]", []),
+    ("Version: v1.8.0", "a", []),
+    ("Version: v1.7.0", "a", ["Downcast alphas_cumprod"]),
+    ("Version: v1.5.1", "[a:b:0.5]", ["Old prompt editing timelines", "Downcast alphas_cumprod"]),
+    ("Version: v1.5.1, Sampler: DDIM", "a", ["Pad conds v0", "Downcast alphas_cumprod"]),
+    ("Downcast alphas_cumprod: True", "a", ["Downcast alphas_cumprod"]),
+    ("Version: v1.6.0, Downcast alphas_cumprod: False", "a", []),
+    ("Version: classic", "[a]", []),  # not an A1111 version number: nothing assumed
+])
+def test_older_a1111_behaviour_is_named(tail: str, prompt: str, expected: list[str]) -> None:
+    p = ImageParams.from_parameters_text(f"{prompt}\nSteps: 20, Sampler: Euler, CFG scale: 7, Size: 64x64, {tail}")
+    assert p is not None and [n.split(" (")[0] for n in p.notes] == expected

@@ -52,7 +52,8 @@ def test_parse_known_a1111_string() -> None:
     assert (p.width, p.height) == (512, 768)
     assert (p.model_hash, p.model_name, p.strength) == ("9a1b2c3d4e", "Inkpunk-Diffusion-v2", 0.6)
     assert (p.clip_skip, p.rng, p.version, p.lora_hashes) == (2, "nv", "v1.7.0", {"ink": "abc123", "punk": "def456"})
-    assert p.extra == {} and p.notes == [] and p.legacy_sampler == "dpmpp_2m_karras"
+    assert p.extra == {} and p.legacy_sampler == "dpmpp_2m_karras"
+    assert p.notes == ["Downcast alphas_cumprod (older A1111 behaviour) is not reproduced"]  # a v1.7 image
 
 
 @pytest.mark.parametrize(

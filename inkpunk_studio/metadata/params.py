@@ -274,7 +274,24 @@ def apply_a1111(p: ImageParams, raw: dict[str, str]) -> None:
         if key in rest:
             setattr(p, attr, _parse_hashes(rest.pop(key)))
     _apply_sampler(p, rest)
+    p.notes += _backcompat_notes(p, rest)
     p.extra = rest
+
+
+def _backcompat_notes(p: ImageParams, rest: dict[str, str]) -> list[str]:
+    """What an older A1111 did differently (``infotext_versions.backcompat``, research doc §5.3), said, since
+    we reproduce A1111 >= 1.8. The flags may also be written out ("Downcast alphas_cumprod: True")."""
+    version = a1111_version(p.version)
+    old = version is not None and version < (1, 6)
+    flags = {
+        "Old prompt editing timelines": old and any("[" in t for t in (p.prompt, p.negative_prompt)),
+        "Pad conds v0": old and p.sampler == "ddim",
+        "Downcast alphas_cumprod": version is not None and version < (1, 8),
+    }
+    for key in flags:
+        if key in rest:
+            flags[key] = rest[key].strip().lower() == "true"
+    return [f"{key} (older A1111 behaviour) is not reproduced" for key, on in flags.items() if on]
 
 
 def _apply_sampler(p: ImageParams, rest: dict[str, str]) -> None:
