@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.checkpoint import load_models
+from engine.checkpoint import check_checkpoint_path, load_models
 from engine.devices import resolve_device, resolve_dtype
-from engine.errors import Cancelled, CheckpointError
+from engine.errors import Cancelled
 from engine.preview import latent_preview
 from engine.request import GenerationRequest, GenerationResult, StepEvent
 from engine.samplers import make_sampler
@@ -41,8 +41,7 @@ StepCallback = Callable[[StepEvent], None]
 def load_pipeline(path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> Pipeline:
     """Load an SD1.x checkpoint (.ckpt or .safetensors). Raises CheckpointError, or ValueError for bad options."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint file at {path}")
+    check_checkpoint_path(path)
     dev = resolve_device(device)
     model_dtype, vae_dtype = resolve_dtype(dtype, dev)
     started = time.perf_counter()
@@ -157,7 +156,7 @@ class Pipeline:
                 on_step(StepEvent(step=i - start + 1, total=total, elapsed=time.perf_counter() - started,
                                   preview=latent_preview(denoised[0])))
         check_cancel()
-        images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype))
+        images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype), interrupt=interrupt)
         check_cancel()
         log.info("generated %d image(s) in %.1f s", req.batch_size, time.perf_counter() - started)
         return GenerationResult(images=_tensor_to_images(images), seed=seed, seeds=seeds, latents=latents)

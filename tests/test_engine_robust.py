@@ -1,0 +1,111 @@
+"""Engine robustness: checkpoint paths that are not files, a pipeline built inside torch.inference_mode(),
+cancelling during the VAE decode, and the model hash taken at load time (issue 11)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+import torch
+
+import engine
+from engine.testing import write_random_checkpoint
+
+SMALL = {"prompt": "nvinkpunk a fox", "steps": 2, "width": 64, "height": 64, "seed": 5}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return write_random_checkpoint(tmp_path_factory.mktemp("robust") / "tiny.safetensors", seed=2)
+
+
+@pytest.fixture(scope="module")
+def pipe(ckpt):
+    return engine.load_pipeline(ckpt, device="cpu", dtype="fp32")
+
+
+# ---------------------------------------------------------------- checkpoint paths
+def test_a_folder_as_checkpoint_says_it_is_a_folder(tmp_path):
+    folder = tmp_path / "models.safetensors"
+    folder.mkdir()
+    with pytest.raises(engine.CheckpointError, match=r"is a folder, not a checkpoint file") as info:
+        engine.load_pipeline(folder, device="cpu", dtype="fp32")
+    assert "no checkpoint file" not in str(info.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are a POSIX thing")
+def test_a_fifo_as_checkpoint_says_it_is_not_a_regular_file(tmp_path):
+    fifo = tmp_path / "pipe.ckpt"
+    os.mkfifo(fifo)
+    with pytest.raises(engine.CheckpointError, match="is not a regular file"):  # and does not block on open
+        engine.load_pipeline(fifo, device="cpu", dtype="fp32")
+
+
+def test_missing_checkpoint_still_says_so(tmp_path):
+    with pytest.raises(engine.CheckpointError, match="no checkpoint file at"):
+        engine.load_pipeline(tmp_path / "gone.ckpt", device="cpu", dtype="fp32")
+
+
+def test_empty_file_message_names_the_file_once(tmp_path):
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(engine.CheckpointError) as info:
+        engine.load_pipeline(empty, device="cpu", dtype="fp32")
+    assert str(info.value).count("empty.ckpt") == 1, str(info.value)
+
+
+# ---------------------------------------------------------------- inference mode
+def test_pipeline_built_inside_inference_mode(ckpt, pipe):
+    """Inference tensors have no version counter: the VAE's upsampling kernel cache must not read it."""
+    with torch.inference_mode():
+        inner = engine.load_pipeline(ckpt, device="cpu", dtype="fp32")
+        result = inner.generate(engine.GenerationRequest(**SMALL))
+        again = inner.generate(engine.GenerationRequest(**SMALL))
+    expected = pipe.generate(engine.GenerationRequest(**SMALL))
+    assert torch.allclose(result.latents, expected.latents, atol=1e-5)
+    assert result.images[0].tobytes() == again.images[0].tobytes()
+    assert result.images[0].tobytes() == expected.images[0].tobytes()
+
+
+# ---------------------------------------------------------------- cancel during the decode
+def test_cancel_during_vae_decode_stops_before_the_last_block(pipe):
+    """A cancel set once the decoder started must stop it between blocks, not after its last layer."""
+    decoder = pipe.vae.decoder
+    cancel = threading.Event()
+    calls = {"conv_out": 0}
+    hooks = [
+        decoder.mid.register_forward_hook(lambda *_: cancel.set()),
+        decoder.conv_out.register_forward_hook(lambda *_: calls.__setitem__("conv_out", calls["conv_out"] + 1)),
+    ]
+    try:
+        with pytest.raises(engine.Cancelled):
+            pipe.generate(engine.GenerationRequest(**SMALL), cancel=cancel)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls["conv_out"] == 0, "the decoder ran to its end after the cancel"
+
+
+def test_decode_interrupt_is_called_between_blocks_and_keeps_the_numbers(pipe):
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    count = []
+    with torch.inference_mode():
+        plain = pipe.vae.decode(z)
+        checked = pipe.vae.decode(z, interrupt=lambda: count.append(1))
+    assert torch.equal(plain, checked)
+    assert len(count) >= len(pipe.vae.decoder.up) + 1
+
+
+def test_tiled_decode_is_interruptible(pipe):
+    z = torch.randn(1, 4, 24, 24)
+    seen = []
+
+    def interrupt():
+        seen.append(1)
+        if len(seen) == 3:
+            raise engine.Cancelled("stop")
+
+    with torch.inference_mode(), pytest.raises(engine.Cancelled):
+        pipe.vae._decode_tiled(z, tile=16, overlap=4, interrupt=interrupt)
+    assert len(seen) == 3
