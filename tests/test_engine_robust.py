@@ -3,13 +3,16 @@ cancelling during the VAE decode, and the model hash taken at load time (issue 1
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import threading
 
 import pytest
 import torch
 
 import engine
+from engine.modelhash import BackgroundHash
 from engine.testing import write_random_checkpoint
 
 SMALL = {"prompt": "nvinkpunk a fox", "steps": 2, "width": 64, "height": 64, "seed": 5}
@@ -109,3 +112,31 @@ def test_tiled_decode_is_interruptible(pipe):
     with torch.inference_mode(), pytest.raises(engine.Cancelled):
         pipe.vae._decode_tiled(z, tile=16, overlap=4, interrupt=interrupt)
     assert len(seen) == 3
+
+
+# ---------------------------------------------------------------- model hash at load time
+def _sha10(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+
+
+def test_model_hash_survives_the_checkpoint_being_deleted(ckpt, tmp_path):
+    """The hash comes from the file that was loaded, read in the background from a handle opened then."""
+    own = tmp_path / "mine.safetensors"
+    shutil.copyfile(ckpt, own)
+    expected = _sha10(own)
+    loaded = engine.load_pipeline(own, device="cpu", dtype="fp32")
+    own.rename(tmp_path / "moved.safetensors")
+    (tmp_path / "moved.safetensors").unlink()
+    assert loaded.wait_model_hash(timeout=30) == expected
+    assert loaded.model_hash == expected
+    assert loaded.model_name == "mine"
+
+
+def test_an_unreadable_hash_is_empty_not_an_error(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"abc")
+    with open(path, "rb") as handle:
+        pass  # closed: reading it fails in the thread
+    assert BackgroundHash(handle, "x.bin").result(timeout=10) == ""
+    with open(path, "rb") as f:
+        assert BackgroundHash(f).result(timeout=10) == hashlib.sha256(b"abc").hexdigest()[:10]

@@ -1,0 +1,95 @@
+"""Images that could not be saved: kept in memory until written somewhere else (issue 11).
+
+When the output folder stops taking files mid-run (read-only, full, replaced by a file), the worker hands the
+finished image over as PNG bytes, metadata included (``imageUnsaved``), instead of losing it. This model
+keeps them, numbered, and writes one or all of them elsewhere when asked (off the GUI thread). No widgets
+here: the window offers "Save As…" and shows what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal
+
+from .fileio import atomic_write_bytes, describe_write_error
+
+log = logging.getLogger(__name__)
+
+
+class UnsavedImages(QObject):
+    """The unsaved images of this session, by key (``add`` returns it).
+
+    ``changed(count)`` after every add or save; ``saved(key, path)`` when one is written;
+    ``saveFailed(key, message)`` when writing it elsewhere failed too (it stays kept).
+    """
+
+    changed = Signal(int)
+    saved = Signal(int, str)
+    saveFailed = Signal(int, str)
+
+    def __init__(self, tasks, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._tasks = tasks
+        self._items: dict[int, dict] = {}
+        self._next = 1
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def keys(self) -> list[int]:
+        return list(self._items)
+
+    def get(self, key: int) -> dict | None:
+        return self._items.get(key)
+
+    def add(self, info: dict) -> int:
+        """Keep an ``imageUnsaved`` dict (it must carry "png" and "name"); returns its key."""
+        if not isinstance(info.get("png"), bytes) or not info.get("name"):
+            raise ValueError("an unsaved image needs its PNG bytes and a file name")
+        key = self._next
+        self._next += 1
+        self._items[key] = info
+        self.changed.emit(len(self._items))
+        return key
+
+    async def save(self, key: int, dest: str | Path) -> Path | None:
+        """Write image ``key`` to ``dest`` (atomically); forget it on success. None if it failed (said so)."""
+        info = self._items.get(key)
+        if info is None:
+            return None
+        dest = Path(dest)
+        try:
+            await self._tasks.run(atomic_write_bytes, dest, info["png"])
+        except OSError as exc:
+            log.warning("could not save %s: %s", dest, exc)
+            self.saveFailed.emit(key, describe_write_error(exc, dest.parent))
+            return None
+        self._items.pop(key, None)
+        self.saved.emit(key, str(dest))
+        self.changed.emit(len(self._items))
+        return dest
+
+    async def save_all(self, folder: str | Path) -> list[Path]:
+        """Write every kept image into ``folder`` under its own name (a free variant if taken)."""
+        folder = Path(folder)
+        written = []
+        for key in self.keys():
+            info = self._items[key]
+            dest = _free_name(folder, info["name"])
+            path = await self.save(key, dest)
+            if path is None:
+                break  # the folder fails: the rest would too (one message is enough)
+            written.append(path)
+        return written
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    path = folder / name
+    stem, suffix = path.stem, path.suffix
+    n = 2
+    while path.exists():
+        path = folder / f"{stem}-{n}{suffix}"
+        n += 1
+    return path
