@@ -165,7 +165,7 @@ class MainWindow(QMainWindow):
         self.open_action = self._action("Open Checkpoint…", self.browse_checkpoint, ["Ctrl+O"], "openCheckpointAction")
         self.settings_action = self._action("Settings…", self.show_settings, ["Ctrl+,"], "settingsAction")
         folder_action = self._action("Open Output Folder", self.open_output_folder, name="openOutputAction")
-        self.save_unsaved_action = self._action("Save Unsaved Images…", self.save_all_unsaved,
+        self.save_unsaved_action = self._action("Save Unsaved Images…", self.unsaved.save_all_as,
                                                 name="saveUnsavedAction")
         self.save_unsaved_action.setEnabled(False)
         quit_action = self._action("Quit", self.close, [QKeySequence.StandardKey.Quit], "quitAction")
@@ -203,7 +203,7 @@ class MainWindow(QMainWindow):
         self.host.progress.connect(self._on_progress)
         self.host.imageSaved.connect(self._on_image_saved)
         self.host.imageUnsaved.connect(self._on_image_unsaved)
-        self.canvas_panel.saveAsRequested.connect(self.save_unsaved_as)
+        self.canvas_panel.saveAsRequested.connect(self.unsaved.save_as)
         self.unsaved.changed.connect(lambda count: self.save_unsaved_action.setEnabled(count > 0))
         self.unsaved.saved.connect(self._on_unsaved_saved)
         self.unsaved.saveFailed.connect(lambda _key, message: self.show_error("Could not save the image", message))
@@ -352,7 +352,7 @@ class MainWindow(QMainWindow):
                             f"{info['error']}\n\nThe image is kept in memory and shown on the canvas: save it "
                             "elsewhere with Save As… (File ▸ Save Unsaved Images… saves all of them), or choose "
                             "another output folder in Settings.",
-                            actions=(("Save As…", lambda: self.save_unsaved_as(key)),))
+                            actions=(("Save As…", lambda: self.unsaved.save_as(key)),))
 
     def _on_finished(self, saved: list) -> None:
         self._back_to_idle()
@@ -378,32 +378,6 @@ class MainWindow(QMainWindow):
             await self.tasks.run(self.step_times.save)
         except OSError as exc:
             log.warning("could not save the step times: %s", exc)
-
-    # ------------------------------------------------------------------ unsaved images
-    def save_unsaved_as(self, key: int) -> None:
-        """Ask where to write unsaved image ``key`` (a PNG with its parameters)."""
-        info = self.unsaved.get(key)
-        if info is None:
-            return
-        start = str(Path.home() / info["name"])
-        dest, _ = QFileDialog.getSaveFileName(self, "Save the image", start, "PNG image (*.png)")
-        if dest:
-            self.save_unsaved_to(key, dest)
-
-    def save_unsaved_to(self, key: int, dest: str | Path) -> None:
-        """Write unsaved image ``key`` to ``dest`` in the background (a .png suffix is added if missing)."""
-        dest = Path(dest)
-        if dest.suffix.lower() != ".png":
-            dest = dest.with_name(dest.name + ".png")
-        self.tasks.spawn(self.unsaved.save(key, dest))
-
-    def save_all_unsaved(self) -> None:
-        """Ask for a folder and write every image kept in memory into it."""
-        if not len(self.unsaved):
-            return
-        folder = QFileDialog.getExistingDirectory(self, "Save the unsaved images into", str(Path.home()))
-        if folder:
-            self.tasks.spawn(self.unsaved.save_all(folder))
 
     def _on_unsaved_saved(self, key: int, path: str) -> None:
         self.canvas_panel.forget_unsaved(key)

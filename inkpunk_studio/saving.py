@@ -1,9 +1,9 @@
 """Images that could not be saved: kept in memory until written somewhere else (issue 11).
 
 When the output folder stops taking files mid-run (read-only, full, replaced by a file), the worker hands the
-finished image over as PNG bytes, metadata included (``imageUnsaved``), instead of losing it. This model
-keeps them, numbered, and writes one or all of them elsewhere when asked (off the GUI thread). No widgets
-here: the window offers "Save As…" and shows what happened.
+finished image over as PNG bytes, metadata included (``imageUnsaved``), instead of losing it.
+:class:`UnsavedImages` keeps them, numbered, asks where to write one ("Save As…") or all of them, and writes
+them off the GUI thread; the window shows the image and the messages.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
+from PySide6.QtWidgets import QFileDialog, QWidget
 
 from .fileio import atomic_write_bytes, describe_write_error
 
@@ -29,9 +30,10 @@ class UnsavedImages(QObject):
     saved = Signal(int, str)
     saveFailed = Signal(int, str)
 
-    def __init__(self, tasks, parent: QObject | None = None) -> None:
+    def __init__(self, tasks, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._tasks = tasks
+        self._window = parent  # the parent of the file dialogs
         self._items: dict[int, dict] = {}
         self._next = 1
 
@@ -53,6 +55,31 @@ class UnsavedImages(QObject):
         self._items[key] = info
         self.changed.emit(len(self._items))
         return key
+
+    # --- asking where (file dialogs), then writing in the background
+    def save_as(self, key: int) -> None:
+        """Ask where to write image ``key`` (a PNG with its parameters), then write it."""
+        info = self._items.get(key)
+        if info is None:
+            return
+        dest, _ = QFileDialog.getSaveFileName(self._window, "Save the image", str(Path.home() / info["name"]),
+                                              "PNG image (*.png)")
+        if dest:
+            self.save_to(key, dest)
+
+    def save_all_as(self) -> None:
+        """Ask for a folder and write every kept image into it."""
+        if self._items:
+            folder = QFileDialog.getExistingDirectory(self._window, "Save the unsaved images into", str(Path.home()))
+            if folder:
+                self._tasks.spawn(self.save_all(folder))
+
+    def save_to(self, key: int, dest: str | Path) -> None:
+        """Write image ``key`` to ``dest`` in the background (".png" added when missing); see ``saved``."""
+        dest = Path(dest)
+        if dest.suffix.lower() != ".png":
+            dest = dest.with_name(dest.name + ".png")
+        self._tasks.spawn(self.save(key, dest))
 
     async def save(self, key: int, dest: str | Path) -> Path | None:
         """Write image ``key`` to ``dest`` (atomically); forget it on success. None if it failed (said so)."""

@@ -144,7 +144,7 @@ def test_save_failing_mid_run_keeps_the_image_and_offers_save_as(qtbot, open_win
     dest.parent.mkdir()
     key = window.canvas_panel.unsaved_key
     with qtbot.waitSignal(window.unsaved.saved, timeout=10_000):
-        window.save_unsaved_to(key, dest)
+        window.unsaved.save_to(key, dest)
     rescued = dest.with_name("rescued.png")
     params = read_params(rescued)
     assert params is not None and (params.prompt, params.seed, params.steps) == ("nvinkpunk kept in memory", 1234, 3)
