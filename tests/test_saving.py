@@ -207,3 +207,13 @@ def test_large_size_asks_first_with_the_expected_time(qtbot, open_window, tiny_c
     window.cancel()
     qtbot.waitUntil(lambda: cancelled == [True], timeout=RUN_TIMEOUT_MS)
     assert pngs(window.output_dir()) and len(pngs(window.output_dir())) == 1  # only the first, small run
+
+
+def test_cli_says_a_folder_is_a_folder(tmp_path, capsys):
+    from inkpunk_studio.cli import main
+
+    folder = tmp_path / "model.safetensors"
+    folder.mkdir()
+    assert main(["--checkpoint", str(folder), "--prompt", "x", "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder} is a folder, not a checkpoint file" in err and "no checkpoint file" not in err
