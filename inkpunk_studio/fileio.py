@@ -2,6 +2,8 @@
 
 A reader (or a restart after a crash) sees either the old file or the complete new one, never a torn write.
 Temp files start with ``TEMP_PREFIX`` so a later start can find the ones a killed process left behind.
+:func:`check_output_folder` tries a folder before a run; :func:`describe_write_error` puts a failed write in
+words that name the folder, not the temp file.
 """
 
 from __future__ import annotations

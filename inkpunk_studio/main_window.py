@@ -379,8 +379,13 @@ class MainWindow(QMainWindow):
         except OSError as exc:
             log.warning("could not save the step times: %s", exc)
 
-    def _on_unsaved_saved(self, key: int, path: str) -> None:
-        self.canvas_panel.forget_unsaved(key)
+    def _on_unsaved_saved(self, key: int, path: str, info: dict) -> None:
+        """Saved after all: on show, it becomes that file (star, restore); in the output folder, history."""
+        if self.canvas_panel.unsaved_key == key:
+            self.canvas_panel.show_file(info["image"], path, _caption(path, info.get("params")))
+        if Path(path).parent == self.output_dir():
+            self.history_strip.add_path(path)
+            self.history_strip.set_thumbnail(path, info["image"])
         self._show_status(f"Saved {path}")
 
     def _on_cancelled(self, saved: list) -> None:

@@ -22,12 +22,13 @@ log = logging.getLogger(__name__)
 class UnsavedImages(QObject):
     """The unsaved images of this session, by key (``add`` returns it).
 
-    ``changed(count)`` after every add or save; ``saved(key, path)`` when one is written;
+    ``changed(count)`` after every add or save; ``saved(key, path, info)`` when one is written (``info``: the
+    dict it was kept as);
     ``saveFailed(key, message)`` when writing it elsewhere failed too (it stays kept).
     """
 
     changed = Signal(int)
-    saved = Signal(int, str)
+    saved = Signal(int, str, dict)
     saveFailed = Signal(int, str)
 
     def __init__(self, tasks, parent: QWidget | None = None) -> None:
@@ -94,7 +95,7 @@ class UnsavedImages(QObject):
             self.saveFailed.emit(key, describe_write_error(exc, dest.parent))
             return None
         self._items.pop(key, None)
-        self.saved.emit(key, str(dest))
+        self.saved.emit(key, str(dest), info)
         self.changed.emit(len(self._items))
         return dest
 

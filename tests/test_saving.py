@@ -150,6 +150,8 @@ def test_save_failing_mid_run_keeps_the_image_and_offers_save_as(qtbot, open_win
     assert params is not None and (params.prompt, params.seed, params.steps) == ("nvinkpunk kept in memory", 1234, 3)
     assert len(window.unsaved) == 0 and not window.save_unsaved_action.isEnabled()
     assert not save_as.isVisibleTo(window)
+    assert window.canvas.path == str(rescued)  # now that file: star and restore work on it
+    assert window.canvas_panel.caption.text().startswith("rescued.png  ·  seed 1234")
 
 
 def test_caption_comes_from_the_job_not_from_widgets_edited_meanwhile(qtbot, open_window, tiny_checkpoint):
