@@ -608,5 +608,8 @@ class MainWindow(QMainWindow):
         self.tasks.shutdown()
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if not self._closed and not self.unsaved.confirm_close(self.close):  # images only in memory: ask
+            event.ignore()
+            return
         self.shutdown()
         super().closeEvent(event)

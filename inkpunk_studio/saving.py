@@ -9,10 +9,11 @@ them off the GUI thread; the window shows the image and the messages.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Signal
-from PySide6.QtWidgets import QFileDialog, QWidget
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 from .fileio import atomic_write_bytes, describe_write_error
 
@@ -35,6 +36,7 @@ class UnsavedImages(QObject):
         super().__init__(parent)
         self._tasks = tasks
         self._window = parent  # the parent of the file dialogs
+        self.close_box: QMessageBox | None = None
         self._items: dict[int, dict] = {}
         self._next = 1
 
@@ -56,6 +58,50 @@ class UnsavedImages(QObject):
         self._items[key] = info
         self.changed.emit(len(self._items))
         return key
+
+    def confirm_close(self, close: Callable[[], object]) -> bool:
+        """True when nothing is kept. Otherwise ask (a window-modal box, ``close_box``) and return False:
+        "Close Anyway" forgets the images and calls ``close``; "Save All…" saves them first (then ``close``
+        if all were written); Cancel keeps the window open."""
+        if not self._items:
+            return True
+        if self.close_box is not None:
+            return False
+        count = len(self._items)
+        box = QMessageBox(QMessageBox.Icon.Warning, "Unsaved images",
+                          f"{count} image{'s' * (count != 1)} could not be saved to the output folder and "
+                          f"{'are' if count != 1 else 'is'} only in memory. Save before closing?",
+                          QMessageBox.StandardButton.Cancel, self._window)
+        box.setObjectName("unsavedCloseBox")
+        save = box.addButton("Save All…", QMessageBox.ButtonRole.AcceptRole)
+        discard = box.addButton("Close Anyway", QMessageBox.ButtonRole.DestructiveRole)
+        discard.setObjectName("closeAnywayButton")
+        save.clicked.connect(lambda: self._save_then(close))
+        discard.clicked.connect(lambda: self._forget_all_then(close))
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.finished.connect(self._close_box_closed)
+        self.close_box = box
+        box.open()
+        return False
+
+    def _close_box_closed(self) -> None:
+        self.close_box = None
+
+    def _forget_all_then(self, close: Callable[[], object]) -> None:
+        log.warning("closing with %d unsaved image(s) discarded", len(self._items))
+        self._items.clear()
+        self.changed.emit(0)
+        close()
+
+    def _save_then(self, close: Callable[[], object]) -> None:
+        folder = QFileDialog.getExistingDirectory(self._window, "Save the unsaved images into", str(Path.home()))
+        if folder:
+            self._tasks.spawn(self._save_all_then(folder, close))
+
+    async def _save_all_then(self, folder: str, close: Callable[[], object]) -> None:
+        await self.save_all(folder)
+        if not self._items:
+            close()
 
     # --- asking where (file dialogs), then writing in the background
     def save_as(self, key: int) -> None:

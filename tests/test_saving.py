@@ -154,6 +154,33 @@ def test_save_failing_mid_run_keeps_the_image_and_offers_save_as(qtbot, open_win
     assert window.canvas_panel.caption.text().startswith("rescued.png  ·  seed 1234")
 
 
+def test_closing_with_an_unsaved_image_asks_first(qtbot, open_window, tiny_checkpoint, tmp_path):
+    window = open_window(checkpoint=tiny_checkpoint)
+    out = tmp_path / "out"
+    _use_output(window, out)
+    set_small_params(window, steps=2)
+
+    def break_folder(info: dict) -> None:
+        if info["step"] == 1 and out.is_dir():
+            out.rmdir()
+            out.write_text("now a file")
+
+    window.host.progress.connect(break_folder)
+    with qtbot.waitSignal(window.generationFinished, timeout=RUN_TIMEOUT_MS):
+        assert window.generate()
+    assert len(window.unsaved) == 1
+    assert not window.close()  # refused: the image is only in memory
+    box = window.unsaved.close_box
+    assert box is not None and box.isVisible() and window.isVisible()
+    box.button(QMessageBox.StandardButton.Cancel).click()
+    qtbot.waitUntil(lambda: window.unsaved.close_box is None, timeout=5000)
+    assert window.isVisible() and window.host.is_running()
+    assert not window.close()
+    window.unsaved.close_box.findChild(QPushButton, "closeAnywayButton").click()
+    qtbot.waitUntil(lambda: not window.host.is_running(), timeout=10_000)
+    assert not window.isVisible() and len(window.unsaved) == 0
+
+
 def test_caption_comes_from_the_job_not_from_widgets_edited_meanwhile(qtbot, open_window, tiny_checkpoint):
     window = open_window(checkpoint=tiny_checkpoint)
     set_small_params(window, steps=3, sampler="euler")
