@@ -152,10 +152,10 @@ class Encoder(nn.Module):
         self.norm_out = norm(top)
         self.conv_out = Conv2d(top, 2 * cfg.z_channels, 3, padding=1)  # mean and log-variance
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, interrupt: Interrupt | None = None) -> torch.Tensor:
         h = self.conv_in(x)
         for level in self.down:
-            h = level(h)
+            h = level(h, interrupt)
         h = self.mid(h)
         return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
@@ -200,13 +200,15 @@ class VAE(nn.Module):
         self.quant_conv = Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
         self.post_quant_conv = Conv2d(cfg.embed_dim, cfg.z_channels, 1)
 
-    def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(self, image: torch.Tensor, generator: torch.Generator | None = None,
+               interrupt: Interrupt | None = None) -> torch.Tensor:
         """image (B, 3, H, W) in [-1, 1] -> z (B, 4, H/8, W/8), unscaled (multiply by SCALING_FACTOR).
 
         Without a generator: the posterior mean; with one: mean + std * noise drawn from it (noise is drawn
-        on the generator's device and moved, like diffusers' `randn_tensor`).
+        on the generator's device and moved, like diffusers' `randn_tensor`). `interrupt` is called after
+        every res block of the encoder (img2img at a large size: cancel within a block).
         """
-        moments = self.quant_conv(self.encoder(image)).contiguous()
+        moments = self.quant_conv(self.encoder(image, interrupt)).contiguous()
         mean, logvar = moments.chunk(2, dim=1)
         if generator is None:
             return mean

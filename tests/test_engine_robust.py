@@ -140,3 +140,18 @@ def test_an_unreadable_hash_is_empty_not_an_error(tmp_path):
     assert BackgroundHash(handle, "x.bin").result(timeout=10) == ""
     with open(path, "rb") as f:
         assert BackgroundHash(f).result(timeout=10) == hashlib.sha256(b"abc").hexdigest()[:10]
+
+
+def test_encode_is_interruptible_and_keeps_the_numbers(pipe):
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    calls = []
+    with torch.inference_mode():
+        plain = pipe.vae.encode(x)
+        checked = pipe.vae.encode(x, interrupt=lambda: calls.append(1))
+    assert torch.equal(plain, checked) and len(calls) >= len(pipe.vae.encoder.down)
+
+    def stop():
+        raise engine.Cancelled("stop")
+
+    with torch.inference_mode(), pytest.raises(engine.Cancelled):
+        pipe.vae.encode(x, interrupt=stop)
