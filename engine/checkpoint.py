@@ -85,14 +85,28 @@ class _Inert:
         pass
 
 
+def check_checkpoint_path(path: Path) -> None:
+    """Raise CheckpointError unless ``path`` is a regular file, saying what is there instead.
+
+    A folder or a FIFO given as the checkpoint would otherwise read as "no file", which sends the person
+    looking for a file that is not missing.
+    """
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    if path.exists():
+        raise CheckpointError(f"{path} is not a regular file (a pipe, socket or device), not a checkpoint file")
+    raise CheckpointError(f"no checkpoint file at {path} (no such file or folder)")
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a `.safetensors` or pickled `.ckpt`/`.pt` file into a flat {name: tensor} dict (memory-mapped).
 
     A `{"state_dict": {...}}` wrapper is unwrapped. Raises CheckpointError for anything unreadable.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+    check_checkpoint_path(path)
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path.name}: the file is empty")
     suffix = path.suffix.lower()

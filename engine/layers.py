@@ -134,8 +134,11 @@ class NearestUpsampleConv:
 
     def _phase_conv(self) -> Conv2d:
         w = self.conv.weight
-        key = (id(w), w._version, w.dtype, w.device)
-        if self.phases is None or key != self._key:
+        # An inference tensor (a model built inside torch.inference_mode()) has no version counter, so an
+        # in-place change to it (a merged LoRA) cannot be seen: rebuild the small kernel on every call then.
+        inference = w.is_inference()
+        key = (id(w), None if inference else w._version, w.dtype, w.device)
+        if self.phases is None or inference or key != self._key:
             with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable in any mode
                 self.phases, self._key = self._build(w), key
         return self.phases

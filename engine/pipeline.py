@@ -11,22 +11,21 @@ same weights, noise and sampler give the same numbers. Differences are deliberat
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from engine.checkpoint import load_models
+from engine.checkpoint import check_checkpoint_path, load_models
 from engine.devices import resolve_device, resolve_dtype
-from engine.errors import Cancelled, CheckpointError
+from engine.errors import Cancelled
+from engine.modelhash import BackgroundHash
 from engine.preview import latent_preview
 from engine.request import GenerationRequest, GenerationResult, StepEvent
 from engine.samplers import make_sampler
@@ -41,14 +40,19 @@ StepCallback = Callable[[StepEvent], None]
 def load_pipeline(path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> Pipeline:
     """Load an SD1.x checkpoint (.ckpt or .safetensors). Raises CheckpointError, or ValueError for bad options."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint file at {path}")
+    check_checkpoint_path(path)
     dev = resolve_device(device)
     model_dtype, vae_dtype = resolve_dtype(dtype, dev)
     started = time.perf_counter()
-    models = load_models(path, device=dev, dtype=model_dtype, vae_dtype=vae_dtype)
+    handle = open(path, "rb")  # noqa: SIM115 -- hashed later from this handle (modelhash.py)
+    try:
+        models = load_models(path, device=dev, dtype=model_dtype, vae_dtype=vae_dtype)
+    except BaseException:
+        handle.close()
+        raise
     log.info("loaded %s on %s (%s) in %.1f s", path.name, dev, model_dtype, time.perf_counter() - started)
-    return Pipeline(models, Tokenizer(), dev, model_dtype, vae_dtype, path)
+    return Pipeline(models, Tokenizer(), dev, model_dtype, vae_dtype, path,
+                    model_hash=BackgroundHash(handle, path.name))
 
 
 def _image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -68,7 +72,7 @@ class Pipeline:
     """Loaded models plus the sampling loop. Not thread-safe: run one generate() at a time."""
 
     def __init__(self, models, tokenizer: Tokenizer, device: torch.device, dtype: torch.dtype,
-                 vae_dtype: torch.dtype, path: Path):
+                 vae_dtype: torch.dtype, path: Path, model_hash: BackgroundHash | None = None):
         self.models = models
         self.tokenizer = tokenizer
         self.text_encoder = models.text_encoder
@@ -78,19 +82,31 @@ class Pipeline:
         self.dtype = dtype
         self.vae_dtype = vae_dtype
         self.path = Path(path)
+        self._hash = model_hash
 
     @property
     def model_name(self) -> str:
         return self.path.stem
 
-    @cached_property
+    @property
     def model_hash(self) -> str:
-        """sha256 of the file, first 10 hex digits: A1111's "Model hash" (reads the whole file once)."""
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                digest.update(block)
-        return digest.hexdigest()[:10]
+        """A1111's "Model hash" of the loaded file; waits for the background hash. "" when unknown."""
+        return self.wait_model_hash()
+
+    def wait_model_hash(self, timeout: float | None = None) -> str:
+        """The model hash, waiting at most ``timeout`` seconds; "" when not known (yet).
+
+        load_pipeline() starts hashing the loaded file in the background (modelhash.BackgroundHash); a
+        Pipeline made without one hashes its path once, here.
+        """
+        if self._hash is None:
+            try:
+                handle = open(self.path, "rb")  # noqa: SIM115 -- BackgroundHash closes it
+            except OSError as exc:
+                log.warning("could not hash %s: %s", self.path, exc)
+                return ""
+            self._hash = BackgroundHash(handle, self.path.name)
+        return self._hash.result(timeout)
 
     @torch.inference_mode()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
@@ -157,7 +173,7 @@ class Pipeline:
                 on_step(StepEvent(step=i - start + 1, total=total, elapsed=time.perf_counter() - started,
                                   preview=latent_preview(denoised[0])))
         check_cancel()
-        images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype))
+        images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype), interrupt=interrupt)
         check_cancel()
         log.info("generated %d image(s) in %.1f s", req.batch_size, time.perf_counter() - started)
         return GenerationResult(images=_tensor_to_images(images), seed=seed, seeds=seeds, latents=latents)

@@ -8,6 +8,7 @@ and `encode(x)` its `latent_dist.mean` (or `.sample(generator)`); neither applie
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,8 @@ from engine.config import GROUPS, VAEConfig
 from engine.layers import Conv2d, NearestUpsampleConv
 
 log = logging.getLogger(__name__)
+
+Interrupt = Callable[[], None]  # called between blocks; raises (engine.Cancelled) to abandon the decode
 
 SCALING_FACTOR = 0.18215  # SD1.x's latent scale: latents = SCALING_FACTOR * z, giving roughly unit variance
 
@@ -121,9 +124,11 @@ class Level(nn.Module):
             self.add_module(name, resample)
         self.resample_name = name
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, interrupt: Interrupt | None = None) -> torch.Tensor:
         for block in self.block:
             x = block(x)
+            if interrupt is not None:
+                interrupt()
         resample = getattr(self, self.resample_name, None)
         return x if resample is None else resample(x)
 
@@ -147,10 +152,10 @@ class Encoder(nn.Module):
         self.norm_out = norm(top)
         self.conv_out = Conv2d(top, 2 * cfg.z_channels, 3, padding=1)  # mean and log-variance
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, interrupt: Interrupt | None = None) -> torch.Tensor:
         h = self.conv_in(x)
         for level in self.down:
-            h = level(h)
+            h = level(h, interrupt)
         h = self.mid(h)
         return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
@@ -175,10 +180,14 @@ class Decoder(nn.Module):
         self.norm_out = norm(ch)
         self.conv_out = Conv2d(ch, cfg.out_channels, 3, padding=1)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, interrupt: Interrupt | None = None) -> torch.Tensor:
+        """`interrupt`, when given, is called after the middle block and after every res block (as the UNet
+        calls it between its blocks), so a cancel stops a decode within one block, not at its end."""
         h = self.mid(self.conv_in(z))
+        if interrupt is not None:
+            interrupt()
         for level in reversed(self.up):
-            h = level(h)
+            h = level(h, interrupt)
         return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
 
@@ -191,13 +200,15 @@ class VAE(nn.Module):
         self.quant_conv = Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
         self.post_quant_conv = Conv2d(cfg.embed_dim, cfg.z_channels, 1)
 
-    def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(self, image: torch.Tensor, generator: torch.Generator | None = None,
+               interrupt: Interrupt | None = None) -> torch.Tensor:
         """image (B, 3, H, W) in [-1, 1] -> z (B, 4, H/8, W/8), unscaled (multiply by SCALING_FACTOR).
 
         Without a generator: the posterior mean; with one: mean + std * noise drawn from it (noise is drawn
-        on the generator's device and moved, like diffusers' `randn_tensor`).
+        on the generator's device and moved, like diffusers' `randn_tensor`). `interrupt` is called after
+        every res block of the encoder (img2img at a large size: cancel within a block).
         """
-        moments = self.quant_conv(self.encoder(image)).contiguous()
+        moments = self.quant_conv(self.encoder(image, interrupt)).contiguous()
         mean, logvar = moments.chunk(2, dim=1)
         if generator is None:
             return mean
@@ -205,18 +216,20 @@ class VAE(nn.Module):
         noise = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype)
         return mean + std * noise.to(mean.device)
 
-    def decode(self, z: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, tiled: bool | None = None, interrupt: Interrupt | None = None) -> torch.Tensor:
         """z = latents / SCALING_FACTOR, (B, 4, h, w) -> image (B, 3, 8h, 8w), roughly in [-1, 1].
 
         tiled=None decodes in overlapping tiles when h*w > 96*96 (output then differs very slightly).
+        `interrupt` is called between decoder blocks (see Decoder.forward); whatever it raises propagates.
         """
         if tiled is None:
             tiled = z.shape[-2] * z.shape[-1] > AUTO_TILE_ABOVE
         if tiled and (z.shape[-2] > TILE or z.shape[-1] > TILE):
-            return self._decode_tiled(z)
-        return self.decoder(self.post_quant_conv(z)).contiguous()
+            return self._decode_tiled(z, interrupt=interrupt)
+        return self.decoder(self.post_quant_conv(z), interrupt).contiguous()
 
-    def _decode_tiled(self, z: torch.Tensor, tile: int = TILE, overlap: int = TILE_OVERLAP) -> torch.Tensor:
+    def _decode_tiled(self, z: torch.Tensor, tile: int = TILE, overlap: int = TILE_OVERLAP,
+                      interrupt: Interrupt | None = None) -> torch.Tensor:
         """Decode tile x tile latent patches overlapping by `overlap`, blended linearly where they meet.
 
         Memory is bounded by the tile size, whatever the image size.
@@ -230,7 +243,7 @@ class VAE(nn.Module):
         for y in rows:
             for x in cols:
                 th, tw = min(tile, h - y), min(tile, w - x)
-                part = self.decoder(self.post_quant_conv(z[:, :, y : y + th, x : x + tw]))
+                part = self.decoder(self.post_quant_conv(z[:, :, y : y + th, x : x + tw]), interrupt)
                 wy = _ramp(th * s, overlap * s, y > 0, y + th < h, z)
                 wx = _ramp(tw * s, overlap * s, x > 0, x + tw < w, z)
                 mask = wy[:, None] * wx[None, :]

@@ -84,8 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(2, f"--out must be a .png file, got {args.out}")
     if not args.out.parent.is_dir():
         return _fail(2, f"the folder for --out does not exist: {args.out.parent}")
-    if not args.checkpoint.is_file():
-        return _fail(2, f"no checkpoint file at {args.checkpoint}")
+    if not args.checkpoint.is_file():  # the engine says what is there instead: nothing, a folder, a FIFO
+        from engine.checkpoint import check_checkpoint_path
+
+        try:
+            check_checkpoint_path(args.checkpoint)
+        except engine.CheckpointError as exc:
+            return _fail(2, str(exc))
     init_image = None
     if args.init_image is not None:
         try:

@@ -24,11 +24,16 @@ MAX_HISTORY = 500  # thumbnails shown at start; older files stay on disk
 _MAX_PIXELS = 2048 * 2048 * 4  # a history image is ours, but never decode something absurd by mistake
 
 
+def output_name(seed: int) -> str:
+    """The file name an image made now with ``seed`` gets: ``YYYYMMDD-HHMMSS-<seed>.png``."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{seed}.png"
+
+
 def new_output_path(folder: str | Path, seed: int) -> Path:
     """A fresh file name in ``folder`` (created) for an image made with ``seed``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{seed}"
+    stem = Path(output_name(seed)).stem
     path = folder / f"{stem}.png"
     n = 2
     while path.exists():

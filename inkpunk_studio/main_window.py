@@ -10,6 +10,7 @@ come back to widget methods. Favorites are wired by :class:`FavoritesController`
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QTimer, QUrl, Signal
@@ -30,9 +31,12 @@ import engine
 
 from . import history, paths
 from .favorites import FavoritesController, library_dir
+from .fileio import check_output_folder
 from .first_run import CHECKPOINT_FILTER, FirstRunDialog
 from .metadata import DISPLAY_NAMES, ImageParams, read_params
+from .saving import UnsavedImages
 from .settings import AppSettings
+from .step_times import StepTimes, size_warning
 from .widgets.canvas import CanvasPanel
 from .widgets.history_strip import HistoryStrip
 from .widgets.init_image_panel import InitImagePanel
@@ -70,9 +74,15 @@ class MainWindow(QMainWindow):
         self._closed = False
         self._history_task = None
         self._show_serial = 0  # the latest image asked for wins when several load at once
+        self._job: GenerationJob | None = None  # the running one
+        self._last_progress: dict | None = None
+        self._unsaved_in_run = 0
+        self.size_box: QMessageBox | None = None
 
         self.tasks = AsyncTasks()
         self.host = WorkerHost(self)
+        self.unsaved = UnsavedImages(self.tasks, self)
+        self.step_times = StepTimes(self.data_dir / "step_times.json")
         self.prompt_panel = PromptPanel(self.tasks, load_presets(paths.resource_path("presets.json")))
         self.init_panel = InitImagePanel(self.tasks)
         self.params_panel = ParamsPanel(engine.SAMPLERS, engine.DISPLAY_NAMES)
@@ -155,12 +165,16 @@ class MainWindow(QMainWindow):
         self.open_action = self._action("Open Checkpoint…", self.browse_checkpoint, ["Ctrl+O"], "openCheckpointAction")
         self.settings_action = self._action("Settings…", self.show_settings, ["Ctrl+,"], "settingsAction")
         folder_action = self._action("Open Output Folder", self.open_output_folder, name="openOutputAction")
+        self.save_unsaved_action = self._action("Save Unsaved Images…", self.unsaved.save_all_as,
+                                                name="saveUnsavedAction")
+        self.save_unsaved_action.setEnabled(False)
         quit_action = self._action("Quit", self.close, [QKeySequence.StandardKey.Quit], "quitAction")
         self.generate_action = self._action("Generate", self.generate, ["Ctrl+Return", "Ctrl+Enter"],
                                             "generateAction")
         self.cancel_action = self._action("Cancel", self.cancel, ["Esc"], "cancelAction")
         file_menu = self.menuBar().addMenu("&File")
-        for item in (self.open_action, folder_action, None, self.settings_action, None, quit_action):
+        for item in (self.open_action, folder_action, self.save_unsaved_action, None, self.settings_action, None,
+                     quit_action):
             file_menu.addSeparator() if item is None else file_menu.addAction(item)
         run_menu = self.menuBar().addMenu("&Image")
         run_menu.addAction(self.generate_action)
@@ -188,6 +202,11 @@ class MainWindow(QMainWindow):
         self.host.modelFailed.connect(self._on_model_failed)
         self.host.progress.connect(self._on_progress)
         self.host.imageSaved.connect(self._on_image_saved)
+        self.host.imageUnsaved.connect(self._on_image_unsaved)
+        self.canvas_panel.saveAsRequested.connect(self.unsaved.save_as)
+        self.unsaved.changed.connect(lambda count: self.save_unsaved_action.setEnabled(count > 0))
+        self.unsaved.saved.connect(self._on_unsaved_saved)
+        self.unsaved.saveFailed.connect(lambda _key, message: self.show_error("Could not save the image", message))
         self.host.finished.connect(self._on_finished)
         self.host.cancelled.connect(self._on_cancelled)
         self.host.failed.connect(self._on_failed)
@@ -237,7 +256,11 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ generation
     def generate(self) -> bool:
-        """Start (or queue behind the model load) a generation with the current parameters."""
+        """Start (or queue behind the model load) a generation with the current parameters.
+
+        False when nothing started: no model, bad values, an output folder that can't take the images, or a
+        very large size that waits for the person's "Generate Anyway" (``size_box``).
+        """
         if self.host.busy:
             return False
         self.params_panel.commit_edits()  # Ctrl+Enter while a size box still shows a half-typed value
@@ -250,9 +273,50 @@ class MainWindow(QMainWindow):
         except ValueError as exc:
             self.show_error("Can't generate", str(exc))
             return False
-        job = GenerationJob(params=params, output_dir=self.output_dir(), preview=self.settings.preview_enabled)
+        folder = self.output_dir()
+        need = (params.width * params.height * 3 + (64 << 10)) * params.batch_count  # PNG, at worst uncompressed
+        problem = check_output_folder(folder, need)
+        if problem is not None:
+            self.show_error("Can't save images to the output folder",
+                            f"{problem}\n\nChoose another output folder in Settings (File ▸ Settings…).",
+                            actions=(("Settings…", self.show_settings),))
+            return False
+        device = self._device_key()
+        warning = size_warning(params.width, params.height, params.steps, params.batch_count, device,
+                               self.step_times.estimate(device, params.width, params.height))
+        if warning is not None:
+            self._ask_large_size(params, folder, warning)
+            return False
+        return self._start(params, folder)
+
+    def _device_key(self) -> str:
+        info = self.host.model_info
+        return f"{info['device']} {info['dtype']}" if info else self.settings.device
+
+    def _ask_large_size(self, params: GenerationParams, folder: Path, text: str) -> None:
+        if self.size_box is not None:
+            self.size_box.close()
+        box = QMessageBox(QMessageBox.Icon.Question, "A very large image", text, QMessageBox.StandardButton.Cancel,
+                          self)
+        box.setObjectName("largeSizeBox")
+        go = box.addButton("Generate Anyway", QMessageBox.ButtonRole.AcceptRole)
+        go.setObjectName("generateAnywayButton")
+        go.clicked.connect(lambda: self._start(params, folder))
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.finished.connect(self._size_box_closed)
+        self.size_box = box
+        box.open()
+
+    def _size_box_closed(self) -> None:
+        self.size_box = None
+
+    def _start(self, params: GenerationParams, folder: Path) -> bool:
+        if self._closed or self.host.busy:
+            return False
+        job = GenerationJob(params=params, output_dir=folder, preview=self.settings.preview_enabled)
         if not self.host.generate(job):
             return False
+        self._job, self._last_progress, self._unsaved_in_run = job, None, 0
         self.favorites.show_library(False)  # the previews show on the canvas
         waiting = "Waiting for the model to finish loading…" if self.host.state == "loading" else "Starting…"
         self.run_bar.set_mode("running", waiting)
@@ -264,6 +328,7 @@ class MainWindow(QMainWindow):
             self.run_bar.set_mode("cancelling")
 
     def _on_progress(self, info: dict) -> None:
+        self._last_progress = info
         self.run_bar.show_progress(info)
         preview = info.get("preview")
         if preview is not None:
@@ -276,17 +341,59 @@ class MainWindow(QMainWindow):
         self.history_strip.blockSignals(True)
         self.history_strip.select_path(path)
         self.history_strip.blockSignals(False)
-        self.canvas_panel.show_file(image, path, _caption(path, self.current_params().image_params(info["seed"])))
+        self.canvas_panel.show_file(image, path, _caption(path, info.get("params")))  # the job's own parameters
         self.params_panel.set_last_seed(info["seed"])
+
+    def _on_image_unsaved(self, info: dict) -> None:
+        """Saving failed: keep the image in memory, show it, and offer Save As… (once per run: a message)."""
+        key = self.unsaved.add(info)
+        self.canvas_panel.show_unsaved(info["image"], key, "Not saved  ·  " + _caption(info["name"], info.get("params")))
+        self.params_panel.set_last_seed(info["seed"])
+        self._unsaved_in_run += 1
+        if self._unsaved_in_run == 1:
+            self.show_error("Could not save the image",
+                            f"{info['error']}\n\nThe image is kept in memory and shown on the canvas: save it "
+                            "elsewhere with Save As… (File ▸ Save Unsaved Images… saves all of them), or choose "
+                            "another output folder in Settings.",
+                            actions=(("Save As…", lambda: self.unsaved.save_as(key)),))
 
     def _on_finished(self, saved: list) -> None:
         self._back_to_idle()
-        folder = self.output_dir()
-        self.statusBar().showMessage(f"Saved {len(saved)} image{'s' * (len(saved) != 1)} to {folder}", 8000)
+        job, self._job = self._job, None
+        folder = job.output_dir if job is not None else self.output_dir()
+        self._remember_speed(job)
+        message = f"Saved {len(saved)} image{'s' * (len(saved) != 1)} to {folder}"
+        if self._unsaved_in_run:
+            message += f"; {self._unsaved_in_run} could not be saved (kept in memory: Save As…)"
+        self.statusBar().showMessage(message, 8000)
         self.generationFinished.emit(list(saved))
+
+    def _remember_speed(self, job: GenerationJob | None) -> None:
+        """Store this run's seconds per step for its size (the large-size warning's estimate)."""
+        info, self._last_progress = self._last_progress, None
+        if job is None or not info or not self.host.model_info:
+            return
+        self.step_times.record(self._device_key(), job.params.width, job.params.height, info["sec_per_step"])
+        self.tasks.spawn(self._save_step_times())
+
+    async def _save_step_times(self) -> None:
+        try:
+            await self.tasks.run(self.step_times.save)
+        except OSError as exc:
+            log.warning("could not save the step times: %s", exc)
+
+    def _on_unsaved_saved(self, key: int, path: str, info: dict) -> None:
+        """Saved after all: on show, it becomes that file (star, restore); in the output folder, history."""
+        if self.canvas_panel.unsaved_key == key:
+            self.canvas_panel.show_file(info["image"], path, _caption(path, info.get("params")))
+        if Path(path).parent == self.output_dir():
+            self.history_strip.add_path(path)
+            self.history_strip.set_thumbnail(path, info["image"])
+        self._show_status(f"Saved {path}")
 
     def _on_cancelled(self, saved: list) -> None:
         self._back_to_idle()
+        self._job = None
         self.canvas.discard_preview()
         kept = f" ({len(saved)} finished image{'s' * (len(saved) != 1)} kept)" if saved else ""
         self.statusBar().showMessage("Cancelled" + kept, 6000)
@@ -294,6 +401,7 @@ class MainWindow(QMainWindow):
 
     def _on_failed(self, message: str) -> None:
         self._back_to_idle()
+        self._job = None
         self.canvas.discard_preview()
         self.show_error("Generation failed", message)
 
@@ -332,9 +440,10 @@ class MainWindow(QMainWindow):
             self.run_bar.set_mode("unavailable", "Choose a checkpoint (File ▸ Open Checkpoint…)")
 
     def _on_model_failed(self, path: str, message: str) -> None:
+        name = Path(path).name
+        what = message if name in message else f"{name}:\n{message}"  # engine messages name the file already
         self.show_error("Could not load the checkpoint",
-                        f"{Path(path).name}:\n{message}\n\nChoose another checkpoint with File ▸ Open Checkpoint…",
-                        offer_checkpoint=True)
+                        f"{what}\n\nChoose another checkpoint with File ▸ Open Checkpoint…", offer_checkpoint=True)
 
     def show_first_run(self) -> None:
         if self._closed or self.host.state != "none" or self.first_run_dialog is not None:
@@ -437,8 +546,12 @@ class MainWindow(QMainWindow):
             self._show_status(f"Images now go to {folder}")
 
     # ------------------------------------------------------------------ dialogs
-    def show_error(self, title: str, text: str, offer_checkpoint: bool = False) -> QMessageBox:
-        """A non-blocking (window-modal, ``open()``ed) warning; also emitted as ``errorShown``."""
+    def show_error(self, title: str, text: str, offer_checkpoint: bool = False,
+                   actions: tuple[tuple[str, Callable[[], object]], ...] = ()) -> QMessageBox:
+        """A non-blocking (window-modal, ``open()``ed) warning; also emitted as ``errorShown``.
+
+        ``actions``: extra (button text, callback) pairs; a click runs the callback and closes the box.
+        """
         log.warning("%s: %s", title, text)
         if self.message_box is not None:
             self.message_box.close()
@@ -447,6 +560,9 @@ class MainWindow(QMainWindow):
         if offer_checkpoint:
             choose = box.addButton("Choose Checkpoint…", QMessageBox.ButtonRole.AcceptRole)
             choose.clicked.connect(self.browse_checkpoint)
+        for label, callback in actions:
+            button = box.addButton(label, QMessageBox.ButtonRole.AcceptRole)
+            button.clicked.connect(callback)
         box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         box.finished.connect(self._message_box_closed)
         self.message_box = box
@@ -515,5 +631,8 @@ class MainWindow(QMainWindow):
         self.tasks.shutdown()
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if not self._closed and not self.unsaved.confirm_close(self.close):  # images only in memory: ask
+            event.ignore()
+            return
         self.shutdown()
         super().closeEvent(event)

@@ -28,13 +28,15 @@ from PySide6.QtWidgets import QApplication
 import engine
 
 from . import history
-from .metadata import ImageParams, save_png
+from .fileio import atomic_write_bytes, describe_write_error
+from .metadata import ImageParams, png_bytes
 from .tokens import count_tokens, warm_up_tokenizer  # noqa: F401 - count_tokens: the old home, kept
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OOM_HINT = "Try a smaller image size or fewer images at once."
+HASH_WAIT_S = 5.0  # how long a finished image waits for the model hash still being computed (then: left out)
 
 
 @dataclass
@@ -122,7 +124,10 @@ class GenerationWorker(QObject):
     modelLoaded = Signal(dict)  # {"path", "name", "device", "dtype"}
     modelFailed = Signal(str, str)  # path, user-facing message
     progress = Signal(dict)  # {"step", "total", "elapsed", "sec_per_step", "eta", "index", "count", "preview"}
-    imageSaved = Signal(dict)  # {"path", "seed", "index", "count", "image": QImage}
+    imageSaved = Signal(dict)  # {"path", "seed", "index", "count", "image": QImage, "params": ImageParams}
+    # an image that could not be written: the same keys with path "", plus "png" (bytes with metadata),
+    # "name" (the file name it would have had) and "error" (what went wrong, for the person)
+    imageUnsaved = Signal(dict)
     finished = Signal(list)  # saved paths (str)
     cancelled = Signal(list)  # paths saved before the cancel (earlier images of a batch)
     failed = Signal(str)  # user-facing message
@@ -193,13 +198,37 @@ class GenerationWorker(QObject):
                 base_seed = result.seed - index
             if job.cancel.is_set():  # cancelled during the last step: save nothing more
                 raise engine.Cancelled("generation cancelled")
-            image = result.images[0]
-            meta = p.image_params(result.seed, self._pipe.model_name, self._pipe.model_hash)
-            path = history.new_output_path(job.output_dir, result.seed)
-            save_png(image, path, meta)
-            saved.append(str(path))
-            self.imageSaved.emit({"path": str(path), "seed": result.seed, "index": index,
-                                  "count": p.batch_count, "image": history.to_qimage(image)})
+            self._keep(job, result.images[0], result.seed, index, saved)
+
+    def _metadata(self, params: GenerationParams, seed: int) -> ImageParams:
+        """The image's parameters; the model hash only if known within HASH_WAIT_S (it never costs an image)."""
+        try:
+            model_hash = self._pipe.wait_model_hash(HASH_WAIT_S)
+        except Exception:
+            log.exception("no model hash for the image's metadata")
+            model_hash = ""
+        return params.image_params(seed, self._pipe.model_name, model_hash)
+
+    def _keep(self, job: GenerationJob, image: Any, seed: int, index: int, saved: list[str]) -> None:
+        """Save a finished image; if that fails, hand it to the GUI in memory (imageUnsaved) instead."""
+        meta = self._metadata(job.params, seed)
+        try:
+            data = png_bytes(image, meta)
+        except Exception:  # metadata that PNG text can't hold must not cost the image
+            log.exception("could not write the parameters into the PNG; saving the image without them")
+            data = png_bytes(image, None)
+        info = {"seed": seed, "index": index, "count": job.params.batch_count, "image": history.to_qimage(image),
+                "params": meta}
+        try:
+            path = history.new_output_path(job.output_dir, seed)
+            atomic_write_bytes(path, data)
+        except OSError as exc:
+            log.warning("could not save the image into %s: %s", job.output_dir, exc)
+            self.imageUnsaved.emit({**info, "path": "", "png": data, "name": history.output_name(seed),
+                                    "error": describe_write_error(exc, job.output_dir)})
+            return
+        saved.append(str(path))
+        self.imageSaved.emit({**info, "path": str(path)})
 
     def _emit_progress(self, job: GenerationJob, event: Any, index: int, started: float) -> None:
         count = job.params.batch_count
@@ -248,6 +277,7 @@ class WorkerHost(QObject):
     busyChanged = Signal(bool)
     progress = Signal(dict)
     imageSaved = Signal(dict)
+    imageUnsaved = Signal(dict)
     finished = Signal(list)
     cancelled = Signal(list)
     failed = Signal(str)
@@ -274,6 +304,7 @@ class WorkerHost(QObject):
         self._worker.modelFailed.connect(self._on_model_failed)
         self._worker.progress.connect(self._on_progress)
         self._worker.imageSaved.connect(self._on_image_saved)
+        self._worker.imageUnsaved.connect(self._on_image_unsaved)
         self._worker.finished.connect(self._on_finished)
         self._worker.cancelled.connect(self._on_cancelled)
         self._worker.failed.connect(self._on_failed)
@@ -327,6 +358,10 @@ class WorkerHost(QObject):
     @Slot(dict)
     def _on_image_saved(self, info: dict) -> None:
         self.imageSaved.emit(info)
+
+    @Slot(dict)
+    def _on_image_unsaved(self, info: dict) -> None:
+        self.imageUnsaved.emit(info)
 
     @Slot(list)
     def _on_finished(self, paths: list) -> None:

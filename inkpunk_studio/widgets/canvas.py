@@ -230,11 +230,13 @@ class Canvas(QWidget):
 class CanvasPanel(QWidget):
     """A toolbar row (image actions) above the canvas.
 
-    The toolbar holds ``restoreButton`` ("Restore parameters") and a caption; later features insert their own
-    widgets with :meth:`add_tool_widget` (they appear at the right end, before nothing else).
+    The toolbar holds ``restoreButton`` ("Restore parameters"), ``saveAsButton`` (shown only for an image that
+    could not be saved: :meth:`show_unsaved`) and a caption; later features insert their own widgets with
+    :meth:`add_tool_widget` (they appear at the right end, before nothing else).
     """
 
     restoreRequested = Signal(str)  # path of the image on show
+    saveAsRequested = Signal(int)  # key of the unsaved image on show
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -248,11 +250,18 @@ class CanvasPanel(QWidget):
         self.restore_button.setToolTip("Put this image's prompt and settings back into the panels")
         self.restore_button.setEnabled(False)
         self.restore_button.clicked.connect(self._restore_clicked)
+        self.save_as_button = QPushButton("Save As…", self)
+        self.save_as_button.setObjectName("saveAsButton")
+        self.save_as_button.setToolTip("This image could not be saved to the output folder: save it elsewhere")
+        self.save_as_button.setVisible(False)
+        self.save_as_button.clicked.connect(self._save_as_clicked)
+        self.unsaved_key: int | None = None  # set while an image that is in no file is on show
 
         self.toolbar = QHBoxLayout()
         self.toolbar.setContentsMargins(0, 0, 0, 0)
         self.toolbar.setSpacing(6)
         self.toolbar.addWidget(self.caption, 1)
+        self.toolbar.addWidget(self.save_as_button)
         self.toolbar.addWidget(self.restore_button)
 
         layout = QVBoxLayout(self)
@@ -267,13 +276,34 @@ class CanvasPanel(QWidget):
         self.toolbar.addWidget(widget)
 
     def show_file(self, image: QImage, path: str, caption: str = "") -> None:
+        self.unsaved_key = None
         self.canvas.set_image(image, path)
         self.caption.setText(caption)
 
+    def show_unsaved(self, image: QImage, key: int, caption: str = "") -> None:
+        """A finished image that is in no file (its save failed): offers Save As… while it is on show."""
+        self.canvas.set_image(image, None)
+        self.unsaved_key = key
+        self.caption.setText(caption)
+        self._update_actions()
+
+    def forget_unsaved(self, key: int) -> None:
+        """Image ``key`` was saved after all: no Save As… for it any more."""
+        if self.unsaved_key == key:
+            self.unsaved_key = None
+            self._update_actions()
+
     def _update_actions(self) -> None:
         self.restore_button.setEnabled(self.canvas.path is not None)
+        if self.canvas.is_preview() or self.canvas.path is not None or not self.canvas.has_image():
+            self.unsaved_key = None
+        self.save_as_button.setVisible(self.unsaved_key is not None)
         if self.canvas.is_preview():
             self.caption.setText("")
+
+    def _save_as_clicked(self) -> None:
+        if self.unsaved_key is not None:
+            self.saveAsRequested.emit(self.unsaved_key)
 
     def _restore_clicked(self) -> None:
         if self.canvas.path:
