@@ -22,7 +22,8 @@ import torch
 
 RNG_SOURCES = ("cpu", "nv", "gpu")  # "gpu" is A1111's default "RNG: GPU", emulated by "nv"
 
-# Philox4x32 constants (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3"; Random123's philox.h)
+# Philox4x32 constants (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3";
+# Random123's philox.h)
 _PHILOX_M = (np.uint64(0xD2511F53), np.uint64(0xCD9E8D57))
 _PHILOX_W = (np.uint32(0x9E3779B9), np.uint32(0xBB67AE85))
 _PHILOX_ROUNDS = 10
@@ -40,7 +41,8 @@ def _check_source(source: str) -> str:
 
 def _check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an integer, got {seed!r}")  # noqa: TRY004 - house rule: bad input is a ValueError
+        # house rule: bad input is a ValueError, whatever its kind
+        raise ValueError(f"seed must be an integer, got {seed!r}")  # noqa: TRY004
     seed = int(seed)
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
@@ -131,7 +133,8 @@ def draw(generator: PhiloxGenerator | _CpuGenerator, shape: Sequence[int]) -> to
 def randn(seed: int, shape: Sequence[int], source: str = "cpu") -> torch.Tensor:
     """The first `shape` normal numbers of a fresh generator seeded with `seed` (float32, CPU).
 
-    `source="cpu"` is bit-identical to `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))`;
+    `source="cpu"` is bit-identical to
+    `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))`;
     `"nv"`/`"gpu"` is A1111's Philox emulation of CUDA (A1111 `rng.randn_local`).
     """
     return draw(create_generator(seed, source), shape)
@@ -151,7 +154,8 @@ def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         return low * val + high * (1 - val)
     omega = torch.acos(dot)
     so = torch.sin(omega)
-    return (torch.sin((1.0 - val) * omega) / so).unsqueeze(1) * low + (torch.sin(val * omega) / so).unsqueeze(1) * high
+    return ((torch.sin((1.0 - val) * omega) / so).unsqueeze(1) * low
+            + (torch.sin(val * omega) / so).unsqueeze(1) * high)
 
 
 def batch_seeds(seed: int, batch_size: int, *, variation_seed: int | None = None,
@@ -176,10 +180,10 @@ class ImageNoise:
 
     `shape` is one image's latent shape (C, H, W); `seeds` one seed per image (see `batch_seeds`).
     `first()` returns the initial noise (B, C, H, W); `next()` returns the next draw of every image's own
-    generator - what A1111 substitutes for k-diffusion's `torch.randn_like` - and the initial noise on its first
-    call if `first()` was not called. With `ensd` (eta noise seed delta) != 0 the generators are replaced by
-    fresh ones seeded seed_k + ensd once the initial noise is drawn. `seed_resize_from` = (height, width) in
-    pixels draws the noise of that size and pastes it centred (A1111's "Seed resize from").
+    generator - what A1111 substitutes for k-diffusion's `torch.randn_like` - and the initial noise on its
+    first call if `first()` was not called. With `ensd` (eta noise seed delta) != 0 the generators are
+    replaced by fresh ones seeded seed_k + ensd once the initial noise is drawn. `seed_resize_from` =
+    (height, width) in pixels draws the noise of that size and pastes it centred (A1111's "Seed resize from").
     """
 
     def __init__(self, shape: Sequence[int], seeds: Sequence[int], *, source: str = "cpu",
@@ -217,7 +221,10 @@ class ImageNoise:
                 subseed = self.subseeds[i] if i < len(self.subseeds) else 0
                 subnoise = randn(subseed, noise_shape, self.source)
             # seed resize: the small noise comes from a fresh generator, the image's own draws the full size
-            noise = randn(seed, noise_shape, self.source) if noise_shape != self.shape else draw(generator, self.shape)
+            if noise_shape != self.shape:
+                noise = randn(seed, noise_shape, self.source)
+            else:
+                noise = draw(generator, self.shape)
             if subnoise is not None:
                 noise = slerp(self.variation_strength, noise, subnoise)
             if noise_shape != self.shape:
