@@ -25,7 +25,8 @@ RNG_SOURCES = ("cpu", "nv", "gpu")  # "gpu" is A1111's default "RNG: GPU", emula
 # Philox4x32 constants (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3";
 # Random123's philox.h)
 _PHILOX_M = (np.uint64(0xD2511F53), np.uint64(0xCD9E8D57))
-_PHILOX_W = (np.uint32(0x9E3779B9), np.uint32(0xBB67AE85))
+_PHILOX_W = (np.uint64(0x9E3779B9), np.uint64(0xBB67AE85))
+_MASK32, _32 = np.uint64(0xFFFFFFFF), np.uint64(32)
 _PHILOX_ROUNDS = 10
 # rng_philox.py's float32 scale factors; the Box-Muller arithmetic itself runs in float64 (NumPy promotes
 # uint32 * float32 to float64) and only the result is rounded to float32.
@@ -56,24 +57,23 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-def philox4x32(counter: np.ndarray, key: np.ndarray, rounds: int = _PHILOX_ROUNDS) -> np.ndarray:
-    """Philox4x32 over N counters at once: `counter` (4, N) and `key` (2, N) uint32 -> (4, N) uint32.
+def philox4x32(counter: Sequence[np.ndarray | int], key: Sequence[np.ndarray | int],
+               rounds: int = _PHILOX_ROUNDS) -> np.ndarray:
+    """Philox4x32 over N counters at once: `counter` is 4 words and `key` 2 words, each an array of N uint32
+    values or one int for all; returns the (4, N) uint32 outputs.
 
     One round (Random123 `philox4x32round`): (hi, lo) of c0*M0 and c2*M1;
     c = (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0); the key is bumped by the Weyl constants between rounds.
+    The words live in uint64 so each product is exact; every value stays below 2**32.
     """
-    c0, c1, c2, c3 = (counter[i].astype(np.uint32) for i in range(4))
-    k0, k1 = key[0].astype(np.uint32), key[1].astype(np.uint32)
+    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) for c in counter)
+    k0, k1 = (np.asarray(k, dtype=np.uint64) for k in key)
     for r in range(rounds):
-        p0 = c0.astype(np.uint64) * _PHILOX_M[0]
-        p1 = c2.astype(np.uint64) * _PHILOX_M[1]
-        hi0, lo0 = (p0 >> np.uint64(32)).astype(np.uint32), p0.astype(np.uint32)
-        hi1, lo1 = (p1 >> np.uint64(32)).astype(np.uint32), p1.astype(np.uint32)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        p0, p1 = c0 * _PHILOX_M[0], c2 * _PHILOX_M[1]
+        c0, c1, c2, c3 = (p1 >> _32) ^ c1 ^ k0, p1 & _MASK32, (p0 >> _32) ^ c3 ^ k1, p0 & _MASK32
         if r < rounds - 1:
-            k0 = k0 + _PHILOX_W[0]  # uint32 arithmetic wraps modulo 2**32
-            k1 = k1 + _PHILOX_W[1]
-    return np.stack([c0, c1, c2, c3])
+            k0, k1 = (k0 + _PHILOX_W[0]) & _MASK32, (k1 + _PHILOX_W[1]) & _MASK32
+    return np.stack(np.broadcast_arrays(c0, c1, c2, c3)).astype(np.uint32)
 
 
 class PhiloxGenerator:
@@ -94,14 +94,9 @@ class PhiloxGenerator:
         n = math.prod(shape)
         if n > 2**32:
             raise ValueError(f"the NV generator draws at most 2**32 numbers per call, asked for {n}")
-        counter = np.zeros((4, n), dtype=np.uint32)
-        counter[0] = self.offset
-        counter[2] = np.arange(n, dtype=np.uint32)
+        counter = (self.offset & 0xFFFFFFFF, 0, np.arange(n, dtype=np.uint64), 0)
         self.offset += 1
-        key = np.empty((2, n), dtype=np.uint32)
-        key[0] = self.seed & 0xFFFFFFFF
-        key[1] = self.seed >> 32
-        g = philox4x32(counter, key)
+        g = philox4x32(counter, (self.seed & 0xFFFFFFFF, self.seed >> 32))
         # Box-Muller (rng_philox.box_muller): uniforms in (0, 1) and (0, 2*pi), float64, first output only
         u = g[0] * _TWO_POW32_INV + _TWO_POW32_INV / 2
         v = g[1] * _TWO_POW32_INV_2PI + _TWO_POW32_INV_2PI / 2
