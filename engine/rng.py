@@ -25,8 +25,8 @@ RNG_SOURCES = ("cpu", "nv", "gpu")  # "gpu" is A1111's default "RNG: GPU", emula
 # Philox4x32 constants (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3";
 # Random123's philox.h)
 _PHILOX_M = (np.uint64(0xD2511F53), np.uint64(0xCD9E8D57))
-_PHILOX_W = (np.uint64(0x9E3779B9), np.uint64(0xBB67AE85))
-_MASK32, _32 = np.uint64(0xFFFFFFFF), np.uint64(32)
+_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+_32 = np.uint64(32)
 _PHILOX_ROUNDS = 10
 # rng_philox.py's float32 scale factors; the Box-Muller arithmetic itself runs in float64 (NumPy promotes
 # uint32 * float32 to float64) and only the result is rounded to float32.
@@ -57,23 +57,24 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-def philox4x32(counter: Sequence[np.ndarray | int], key: Sequence[np.ndarray | int],
+def philox4x32(counter: Sequence[np.ndarray | int], key: tuple[int, int],
                rounds: int = _PHILOX_ROUNDS) -> np.ndarray:
-    """Philox4x32 over N counters at once: `counter` is 4 words and `key` 2 words, each an array of N uint32
-    values or one int for all; returns the (4, N) uint32 outputs.
+    """Philox4x32 over N counters at once: `counter` is 4 words, each an array of N uint32 values or one int
+    for all, `key` the two key words; returns the (4, N) uint32 outputs.
 
-    One round (Random123 `philox4x32round`): (hi, lo) of c0*M0 and c2*M1;
+    One round (Random123 `philox4x32round`): (hi, lo) of c0*M0 and c2*M1 (exact in uint64);
     c = (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0); the key is bumped by the Weyl constants between rounds.
-    The words live in uint64 so each product is exact; every value stays below 2**32.
     """
-    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) for c in counter)
-    k0, k1 = (np.asarray(k, dtype=np.uint64) for k in key)
+    c0, c1, c2, c3 = np.broadcast_arrays(*(np.asarray(c, dtype=np.uint32) for c in counter))
+    k0, k1 = (int(k) & 0xFFFFFFFF for k in key)
     for r in range(rounds):
-        p0, p1 = c0 * _PHILOX_M[0], c2 * _PHILOX_M[1]
-        c0, c1, c2, c3 = (p1 >> _32) ^ c1 ^ k0, p1 & _MASK32, (p0 >> _32) ^ c3 ^ k1, p0 & _MASK32
-        if r < rounds - 1:
-            k0, k1 = (k0 + _PHILOX_W[0]) & _MASK32, (k1 + _PHILOX_W[1]) & _MASK32
-    return np.stack(np.broadcast_arrays(c0, c1, c2, c3)).astype(np.uint32)
+        p0 = c0.astype(np.uint64) * _PHILOX_M[0]
+        p1 = c2.astype(np.uint64) * _PHILOX_M[1]
+        hi0, lo0 = (p0 >> _32).astype(np.uint32), p0.astype(np.uint32)
+        hi1, lo1 = (p1 >> _32).astype(np.uint32), p1.astype(np.uint32)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ np.uint32(k0), lo1, hi0 ^ c3 ^ np.uint32(k1), lo0
+        k0, k1 = (k0 + _PHILOX_W[0]) & 0xFFFFFFFF, (k1 + _PHILOX_W[1]) & 0xFFFFFFFF
+    return np.stack([c0, c1, c2, c3])
 
 
 class PhiloxGenerator:
@@ -94,7 +95,7 @@ class PhiloxGenerator:
         n = math.prod(shape)
         if n > 2**32:
             raise ValueError(f"the NV generator draws at most 2**32 numbers per call, asked for {n}")
-        counter = (self.offset & 0xFFFFFFFF, 0, np.arange(n, dtype=np.uint64), 0)
+        counter = (self.offset & 0xFFFFFFFF, 0, np.arange(n, dtype=np.uint32), 0)
         self.offset += 1
         g = philox4x32(counter, (self.seed & 0xFFFFFFFF, self.seed >> 32))
         # Box-Muller (rng_philox.box_muller): uniforms in (0, 1) and (0, 2*pi), float64, first output only
