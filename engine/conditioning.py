@@ -116,7 +116,7 @@ class Conditioner:
         counts = Counter(texts)
         distinct = list(counts)
         lines = [prompt_lang.tokenize_line(t, emphasis, self.tokenizer, embeddings)[0] for t in distinct]
-        weight = torch.tensor([counts[t] for t in distinct], dtype=torch.float64, device=self.device)
+        weight = torch.tensor([counts[t] for t in distinct], dtype=torch.float32, device=self.device)
         blank = empty_chunk(self.tokenizer.bos_id, self.tokenizer.eos_id)
         z_empty = None
 
@@ -128,7 +128,7 @@ class Conditioner:
             if emphasis == "original":
                 before = _weighted_mean(z, weight)
                 z = z * m
-                z = z * (before / _weighted_mean(z, weight)).to(z.dtype)
+                z = z * (before / _weighted_mean(z, weight))
             elif emphasis == "no_norm":
                 z = z * m
             elif emphasis == "comfy" and bool((m != 1).any()):
@@ -164,6 +164,7 @@ class Conditioner:
 
 
 def _weighted_mean(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The mean of z (n, T, D) over a batch in which row r appears weight[r] times (float64 sum)."""
-    per_row = z.double().sum(dim=(1, 2))
+    """The mean of z (n, T, D) over a batch in which row r appears weight[r] times (float32: MPS has no
+    float64; torch's reductions sum pairwise, so this is as exact as A1111's z.mean())."""
+    per_row = z.sum(dim=(1, 2))
     return (per_row * weight).sum() / (weight.sum() * z.shape[1] * z.shape[2])
