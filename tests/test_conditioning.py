@@ -213,3 +213,15 @@ def test_bad_arguments(cond):
         cond.encode([])
     with pytest.raises(ValueError, match="non-empty list"):
         cond.encode("a cat")
+
+
+def test_low_precision_model(models, cond):
+    # A bf16 text encoder (as the app runs on CPUs that have it): weights in bf16, emphasis maths in fp32.
+    low = TextEncoder(CFG)
+    low.load_state_dict(models[0].state_dict())
+    low = low.to(torch.bfloat16).eval()
+    vectors = torch.randn(2, CFG.width, generator=torch.Generator().manual_seed(2))
+    kw = {"embeddings": {"inkpunkemb": vectors}, "clip_skip": 2}
+    got = Conditioner(low, default_tokenizer(), "cpu", torch.bfloat16).encode(["a (inkpunkemb:1.3) cat"], **kw)
+    assert got.dtype == torch.bfloat16
+    assert rel_err(got, cond.encode(["a (inkpunkemb:1.3) cat"], **kw)) <= 3e-2
