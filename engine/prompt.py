@@ -109,7 +109,8 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
 
 # A1111's scheduling grammar (prompt_parser.schedule_parser, lark Earley), restated so that ambiguous prompts
 # resolve the same way: emphasis brackets are matched (and copied through as text), `|` is only legal inside
-# `[..|..]`, so a prompt with a stray `|` fails to parse and is used as it is.
+# `[..|..]`, so a prompt with a stray `|` fails to parse and is used as it is. NUMBER is lark's
+# common.SIGNED_NUMBER written out, so no grammar file has to travel with a bundled app.
 _GRAMMAR = r"""
 !start: (prompt | /[][():]/+)*
 prompt: (emphasized | scheduled | alternate | plain | WHITESPACE)*
@@ -120,7 +121,11 @@ scheduled: "[" [prompt ":"] prompt ":" [WHITESPACE] NUMBER [WHITESPACE] "]"
 alternate: "[" prompt ("|" [prompt])+ "]"
 WHITESPACE: /\s+/
 plain: /([^\\\[\]():|]|\\.)+/
-%import common.SIGNED_NUMBER -> NUMBER
+NUMBER: ["+"|"-"] (_FLOAT | _INT)
+_FLOAT: _INT _EXP | _DECIMAL _EXP?
+_DECIMAL: _INT "." _INT? | "." _INT
+_EXP: ("e"|"E") ["+"|"-"] _INT
+_INT: /[0-9]/+
 """
 
 

@@ -111,6 +111,11 @@ def test_schedules_fractions_steps_and_old_rule():
     assert P.schedules("[a:b:0]", 20) == [(20, "b")]
     assert P.schedules("[a:b:25]", 20) == [(20, "a")]
     assert P.schedules("[a::5]", 10) == [(5, "a"), (10, "")]
+    # lark's SIGNED_NUMBER: signs, exponents, a trailing point (a fraction: "5." is 5 * steps -> the end).
+    assert P.schedules("[a:b:+.5]", 10) == [(5, "a"), (10, "b")]
+    assert P.schedules("[a:b:5.]", 10) == [(10, "a")]
+    assert P.schedules("[a:b:2E-1]", 10) == [(10, "b")]  # no point: a step, int(0.2) = 0
+    assert P.schedules("[a:b:.5e1]", 10) == [(10, "a")]
     # Old timelines: < 1 is a fraction, else a step ("1.0" is step 1, not the whole run).
     assert P.schedules("[a:b:1.0]", 20, old=True) == [(1, "a"), (20, "b")]
     assert P.schedules("[a:b:0.25]", 20, old=True) == [(5, "a"), (20, "b")]
