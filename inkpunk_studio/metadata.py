@@ -19,19 +19,15 @@ from typing import BinaryIO
 
 from PIL import Image, PngImagePlugin
 
+from engine.names import DISPLAY_NAMES as ENGINE_DISPLAY_NAMES
+
 from .fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-# engine sampler name -> A1111 display name (what we write)
-DISPLAY_NAMES: dict[str, str] = {
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
-    "dpmpp_2m": "DPM++ 2M",
-    "euler_a": "Euler a",
-    "euler": "Euler",
-    "ddim": "DDIM",
-    "ddpm": "DDPM",
-}
+# engine sampler name -> A1111 display name (what we write); engine.names is torch-free. The legacy combined
+# name stays readable and writable until the app writes "Schedule type".
+DISPLAY_NAMES: dict[str, str] = {"dpmpp_2m_karras": "DPM++ 2M Karras", **ENGINE_DISPLAY_NAMES}
 # lower-cased A1111 display names and k-diffusion aliases -> engine name
 _FROM_DISPLAY = {v.lower(): k for k, v in DISPLAY_NAMES.items()}
 _FROM_DISPLAY.update({k: k for k in DISPLAY_NAMES})
