@@ -149,7 +149,7 @@ def _parse(prompt: str):
 
     try:
         return _parser().parse(prompt)
-    except lark.exceptions.LarkError:
+    except (lark.exceptions.LarkError, RecursionError):  # A1111 would fail on the latter: text here
         return None
 
 
@@ -176,21 +176,25 @@ class _Timing:
         return min(self.steps, int(v))
 
 
-def _render(node: Any, step: int, timing: _Timing) -> str:
-    """The text of a parse (sub)tree at `step` (1-based): scheduled nodes pick before/after, alternations
-    pick option (step - 1) mod n, everything else is copied through."""
-    from lark import Token
-
-    if node is None:
-        return ""
-    if isinstance(node, Token):
-        return str(node)
-    if node.data == "scheduled":
-        before, after, _, number, _ = node.children
-        return _render(before, step, timing) if step <= timing.when(number) else _render(after, step, timing)
-    if node.data == "alternate":
-        return _render(node.children[(step - 1) % len(node.children)], step, timing)
-    return "".join(_render(child, step, timing) for child in node.children)
+def _render(tree: Any, step: int, timing: _Timing) -> str:
+    """The text of a parse tree at `step` (1-based): scheduled nodes pick before/after, alternations pick
+    option (step - 1) mod n, everything else is copied through. Iterative: nesting depth is the user's."""
+    out: list[str] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if node is None:  # an omitted optional part: `[:b:N]`'s before, `[a|]`'s empty option
+            continue
+        if isinstance(node, str):  # a lark Token
+            out.append(str(node))
+        elif node.data == "scheduled":
+            before, after, _, number, _ = node.children
+            stack.append(before if step <= timing.when(number) else after)
+        elif node.data == "alternate":
+            stack.append(node.children[(step - 1) % len(node.children)])
+        else:
+            stack.extend(reversed(node.children))
+    return "".join(out)
 
 
 def schedules(prompt: str, steps: int, hires_steps: int | None = None, old: bool = False) -> list[tuple[int, str]]:

@@ -135,6 +135,8 @@ def test_schedules_never_raise_on_malformed_text():
         result = P.schedules(text, 10)
         assert result[-1][0] == 10 and all(isinstance(t, str) for _, t in result)
     assert P.schedules("a | b", 10) == [(10, "a | b")]
+    deep = "[" * 200 + "a:b:3" + "]" * 200  # deeper than Python's recursion limit when rendered recursively
+    assert P.schedules(deep, 10) == [(3, "[" * 199 + "a" + "]" * 199), (10, "[" * 199 + "b" + "]" * 199)]
     assert P.schedules("[a:b:1e999]", 10) == [(10, "a")]  # A1111 overflows in int(); the edit never comes
 
 
