@@ -24,7 +24,7 @@ from typing import Any, Protocol
 EMPHASIS_MODES = ("original", "no_norm", "ignore", "none", "comfy")
 CHUNK = 75  # prompt tokens per chunk; with BOS and EOS a chunk is CLIP's 77 positions
 COMMA_BACKTRACK = 20  # A1111's default "Prompt word wrap length limit" (opts.comma_padding_backtrack)
-BOS, EOS, COMMA = 49406, 49407, 267  # CLIP ViT-L/14: start, end (= pad for SD1.x) and ",</w>"
+BOS, EOS = 49406, 49407  # CLIP ViT-L/14: start and end (= pad for SD1.x)
 
 _ROUND, _SQUARE = 1.1, 1 / 1.1
 
