@@ -1,7 +1,8 @@
 """The UNet as a k-diffusion denoiser D(x, sigma) -> x0, with classifier-free guidance inside.
 
-Follows k-diffusion's `external.CompVisDenoiser` (`DiscreteEpsDDPMDenoiser.forward`): c_in = 1/sqrt(sigma^2+1),
-the UNet's timestep is the continuous `sigma_to_t(sigma)` (log-sigma interpolation), eps -> x0 = x - sigma*eps;
+Follows k-diffusion's `external.CompVisDenoiser` (`DiscreteEpsDDPMDenoiser.forward`):
+c_in = 1/sqrt(sigma^2+1), the UNet's timestep is the continuous `sigma_to_t(sigma)` (log-sigma interpolation),
+eps -> x0 = x - sigma*eps;
 and A1111's `modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward`:
 - the conditioning is picked per call from the prompt schedules with A1111's call counter (call k uses the
   first schedule entry with k <= end_at_step; the counter goes up once per denoiser call, so second-order
@@ -25,16 +26,25 @@ from engine.schedules import ModelSchedule
 
 
 class CFGDenoiser:
-    """Callable D(x, sigma) for the samplers in engine.samplers. One instance per generation (it counts calls).
+    """Callable D(x, sigma) for the samplers in engine.samplers; one per generation (it counts calls).
 
     unet: engine.unet.UNet; schedule: the model's noise levels (sigma_to_t); cond, uncond: the prompt and
     negative prompt schedules (each `.at(k)` -> (1, T, D)); interrupt: called by the UNet between blocks
     (raises to cancel within a step).
     """
 
-    def __init__(self, unet: torch.nn.Module, schedule: ModelSchedule, cond: PromptSchedule,
-                 uncond: PromptSchedule, cfg_scale: float, *, dtype: torch.dtype,
-                 interrupt: Callable[[], None] | None = None, round_t_fp16: bool = True):
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        schedule: ModelSchedule,
+        cond: PromptSchedule,
+        uncond: PromptSchedule,
+        cfg_scale: float,
+        *,
+        dtype: torch.dtype,
+        interrupt: Callable[[], None] | None = None,
+        round_t_fp16: bool = True,
+    ):
         self.unet = unet
         self.schedule = schedule
         self.cond = cond
@@ -52,17 +62,28 @@ class CFGDenoiser:
 
     def eps(self, x_in: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The UNet's noise prediction in float32 for an already scaled input."""
-        out = self.unet(x_in.to(self.dtype), t.to(x_in.device), context.to(x_in.device, self.dtype),
-                        interrupt=self.interrupt)
+        out = self.unet(
+            x_in.to(self.dtype),
+            t.to(x_in.device),
+            context.to(x_in.device, self.dtype),
+            interrupt=self.interrupt,
+        )
         return out.float()
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, timestep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x0 for x at noise level sigma; `timestep` (UniPC) overrides the UNet time sigma_to_t(sigma)."""
         batch = x.shape[0]
         sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1).expand(batch)
         s = sigma.to(x.device).reshape(batch, 1, 1, 1)
         x_in = x / (s**2 + 1) ** 0.5  # c_in
-        t = self.timestep(sigma)
+        if timestep is None:
+            t = self.timestep(sigma)
+        else:
+            t = torch.as_tensor(timestep, dtype=torch.float32).detach().cpu().reshape(-1).expand(batch)
+            t = t.half().float() if self.round_t_fp16 else t
         cond = self.cond.at(self.step).expand(batch, -1, -1)
         if self.cfg_scale == 1.0:
             eps = self.eps(x_in, t, cond)

@@ -22,6 +22,7 @@ SAMPLERS: tuple[str, ...] = (
     "dpm2",
     "dpm2_a",
     "ddim",
+    "unipc",
     "ddpm",
 )
 
@@ -39,6 +40,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "dpm2": "DPM2",
     "dpm2_a": "DPM2 a",
     "ddim": "DDIM",
+    "unipc": "UniPC",
     "ddpm": "DDPM",
 }
 
@@ -68,7 +70,7 @@ SCHEDULE_LABELS: dict[str, str] = {
 
 # Samplers that walk their own timestep grid (A1111 >= 1.6 sd_samplers_timesteps.py; DDPM is diffusers'
 # 'leading' grid): the Schedule type does not apply to them and A1111 writes none for DDIM/UniPC.
-TIMESTEP_SAMPLERS: frozenset[str] = frozenset({"ddim", "ddpm"})
+TIMESTEP_SAMPLERS: frozenset[str] = frozenset({"ddim", "unipc", "ddpm"})
 
 # What "Automatic" means for each sampler in A1111 v1.9-v1.10 (None: the sampler's own timesteps).
 DEFAULT_SCHEDULE: dict[str, str | None] = {
@@ -84,6 +86,7 @@ DEFAULT_SCHEDULE: dict[str, str | None] = {
     "dpm2": "karras",
     "dpm2_a": "karras",
     "ddim": None,
+    "unipc": None,
     "ddpm": None,
 }
 
@@ -115,9 +118,10 @@ LEGACY_NAMES: dict[str, tuple[str, str]] = {
 def resolve_sampler(sampler: str, schedule: str = "automatic") -> tuple[str, str]:
     """(sampler, schedule) as the request gives them -> (engine sampler, concrete schedule name).
 
-    A legacy combined name brings its schedule: `("dpmpp_2m_karras", "automatic")` -> `("dpmpp_2m", "karras")`;
+    A legacy combined name brings its schedule:
+    `("dpmpp_2m_karras", "automatic")` -> `("dpmpp_2m", "karras")`;
     a legacy name with a different explicit schedule is a contradiction and raises ValueError. "automatic"
-    becomes the sampler's A1111 default; for the timestep samplers (DDIM, DDPM) the result is
+    becomes the sampler's A1111 default; for the timestep samplers (DDIM, UniPC, DDPM) the result is
     "automatic" whatever was asked, as their grid ignores it.
     """
     if schedule not in SCHEDULE_NAMES:
@@ -125,8 +129,10 @@ def resolve_sampler(sampler: str, schedule: str = "automatic") -> tuple[str, str
     if sampler in LEGACY_NAMES:
         base, implied = LEGACY_NAMES[sampler]
         if schedule not in ("automatic", implied):
-            raise ValueError(f"sampler {sampler!r} already means the {implied} schedule, not {schedule!r}: "
-                             f"use sampler {base!r} with schedule {schedule!r}")
+            raise ValueError(
+                f"sampler {sampler!r} already means the {implied} schedule, not {schedule!r}: "
+                f"use sampler {base!r} with schedule {schedule!r}"
+            )
         sampler, schedule = base, implied
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")

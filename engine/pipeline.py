@@ -1,4 +1,4 @@
-"""From prompt to pixels: load_pipeline() and Pipeline.generate(), a short recipe as AUTOMATIC1111 v1.10 runs it.
+"""From prompt to pixels: load_pipeline() and Pipeline.generate(), a short recipe as A1111 v1.10 runs it.
 
 request -> prompt schedules and conditioning (engine.prompt, engine.conditioning: each distinct text encoded
 once, clip skip, emphasis) -> initial noise (engine.rng: per-image generators, variation, ENSD) -> sigmas
@@ -35,7 +35,7 @@ from engine.names import BROWNIAN, DISCARD_PENULTIMATE, SECOND_ORDER, TIMESTEP_S
 from engine.preview import latent_preview
 from engine.prompt import extract_extra_networks
 from engine.request import GenerationRequest, GenerationResult, StepEvent
-from engine.samplers import TAKES_NOISE, TIMESTEPS, get_sampler
+from engine.samplers import TAKES_NOISE, TIMESTEPS, get_sampler, unipc
 from engine.schedules import ModelSchedule
 from engine.schedules import sigmas as schedule_sigmas
 from engine.tokenizer import Tokenizer
@@ -46,8 +46,11 @@ log = logging.getLogger(__name__)
 StepCallback = Callable[[StepEvent], None]
 
 
-def load_pipeline(path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> Pipeline:
-    """Load an SD1.x checkpoint (.ckpt or .safetensors). Raises CheckpointError, or ValueError for bad options."""
+def load_pipeline(
+    path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
+) -> Pipeline:
+    """Load an SD1.x checkpoint (.ckpt or .safetensors). Raises CheckpointError, or ValueError for bad
+    options."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
@@ -75,8 +78,15 @@ def _tensor_to_images(images: torch.Tensor) -> list[Image.Image]:
 class Pipeline:
     """Loaded models plus the sampling loop. Not thread-safe: run one generate() at a time."""
 
-    def __init__(self, models, tokenizer: Tokenizer, device: torch.device, dtype: torch.dtype,
-                 vae_dtype: torch.dtype, path: Path):
+    def __init__(
+        self,
+        models,
+        tokenizer: Tokenizer,
+        device: torch.device,
+        dtype: torch.dtype,
+        vae_dtype: torch.dtype,
+        path: Path,
+    ):
         self.models = models
         self.tokenizer = tokenizer
         self.text_encoder = models.text_encoder
@@ -104,13 +114,20 @@ class Pipeline:
     def conditioner(self) -> Conditioner:
         return Conditioner(self.text_encoder, self.tokenizer, self.device, self.dtype)
 
-    def encode_prompt(self, prompts: list[str], *, emphasis: str = "original", clip_skip: int = 1) -> torch.Tensor:
+    def encode_prompt(
+        self, prompts: list[str], *, emphasis: str = "original", clip_skip: int = 1
+    ) -> torch.Tensor:
         """Texts -> (B, 77 * n, D) context, as A1111 encodes one batch; n > 1 for prompts over 75 tokens."""
         return self.conditioner.encode(prompts, emphasis=emphasis, clip_skip=clip_skip)
 
     @torch.inference_mode()
-    def generate(self, req: GenerationRequest, on_step: StepCallback | None = None,
-                 cancel: threading.Event | None = None, noise: torch.Tensor | None = None) -> GenerationResult:
+    def generate(
+        self,
+        req: GenerationRequest,
+        on_step: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> GenerationResult:
         """Run one request. Raises Cancelled if `cancel` gets set; then nothing is returned.
 
         `noise` (B, 4, h, w) replaces the initial noise (tests); later draws still come from the seeds.
@@ -123,11 +140,14 @@ class Pipeline:
 
         sampler, schedule = resolve_sampler(req.sampler, req.schedule)
         seed = req.seed if req.seed is not None else random.randrange(2**32)
-        seeds, subseeds = rng.batch_seeds(seed, req.batch_size, variation_seed=req.variation_seed,
-                                          variation_strength=req.variation_strength)
+        seeds, subseeds = rng.batch_seeds(
+            seed, req.batch_size, variation_seed=req.variation_seed, variation_strength=req.variation_strength
+        )
         latent_shape = (4, req.height // 8, req.width // 8)
         if noise is not None and tuple(noise.shape) != (req.batch_size, *latent_shape):
-            raise ValueError(f"noise must have shape {(req.batch_size, *latent_shape)}, got {tuple(noise.shape)}")
+            raise ValueError(
+                f"noise must have shape {(req.batch_size, *latent_shape)}, got {tuple(noise.shape)}"
+            )
 
         # prompt schedules: extra-network tags (<lora:...>) leave the text; the LoRAs come from req.loras
         prompt, _networks = extract_extra_networks(req.prompt)
@@ -137,33 +157,59 @@ class Pipeline:
         uncond = self.conditioner.schedule(req.negative_prompt, calls, **text)
         check_cancel()
 
-        image_noise = rng.ImageNoise(latent_shape, seeds, source=req.rng, subseeds=subseeds,
-                                     variation_strength=req.variation_strength, ensd=req.ensd)
+        image_noise = rng.ImageNoise(
+            latent_shape,
+            seeds,
+            source=req.rng,
+            subseeds=subseeds,
+            variation_strength=req.variation_strength,
+            ensd=req.ensd,
+        )
         first = image_noise.first()
         first = (first if noise is None else noise).to(self.device, torch.float32)
         init = self._encode_init(req, seed) if req.is_img2img else None
-        sigmas, full_sigmas, x = self._start(req, sampler, schedule, first, init)
+        sigmas, full_sigmas, x, kwargs = self._start(req, sampler, schedule, first, init)
 
-        denoiser = CFGDenoiser(self.unet, self.model_schedule, cond, uncond, req.cfg_scale, dtype=self.dtype,
-                               interrupt=check_cancel)
+        denoiser = CFGDenoiser(
+            self.unet,
+            self.model_schedule,
+            cond,
+            uncond,
+            req.cfg_scale,
+            dtype=self.dtype,
+            interrupt=check_cancel,
+        )
         if sampler in BROWNIAN:
             from engine.brownian import BrownianTreeNoiseSampler
 
             # A1111 create_noise_sampler: the full schedule's range as float32 0-d tensors, the image seeds
-            tree = BrownianTreeNoiseSampler(x, full_sigmas[full_sigmas > 0].min(), full_sigmas.max(), seeds,
-                                            source=req.rng)
-            step_noise = lambda s, s_next: tree(s, s_next).to(x.device, torch.float32)
+            tree = BrownianTreeNoiseSampler(
+                x, full_sigmas[full_sigmas > 0].min(), full_sigmas.max(), seeds, source=req.rng
+            )
+
+            def step_noise(sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+                return tree(sigma, sigma_next).to(x.device, torch.float32)
         else:
-            step_noise = lambda: image_noise.next().to(x.device)
+
+            def step_noise() -> torch.Tensor:  # A1111's randn_like: each image's generator, in turn
+                return image_noise.next().to(x.device)
+
         total = len(sigmas) - 1
 
         def callback(d: dict) -> None:
             check_cancel()
             if on_step is not None:
-                on_step(StepEvent(step=d["i"] + 1, total=total, elapsed=time.perf_counter() - started,
-                                  preview=latent_preview(d["denoised"][0])))
+                on_step(
+                    StepEvent(
+                        step=d["i"] + 1,
+                        total=total,
+                        elapsed=time.perf_counter() - started,
+                        preview=latent_preview(d["denoised"][0]),
+                    )
+                )
 
-        kwargs = {"noise": step_noise} if sampler in TAKES_NOISE else {}
+        if sampler in TAKES_NOISE:
+            kwargs["noise"] = step_noise
         latents = get_sampler(sampler)(denoiser, x, sigmas, callback=callback, **kwargs)
         check_cancel()
         images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype))
@@ -176,23 +222,31 @@ class Pipeline:
         return ModelSchedule.sd1()
 
     def _encode_init(self, req: GenerationRequest, seed: int) -> torch.Tensor:
-        """The init image's latent (B, 4, h, w): the VAE posterior sampled with a generator seeded by `seed`."""
+        """The init image's latent (B, 4, h, w): the VAE posterior sampled with a generator seeded `seed`."""
         pixels = _image_to_tensor(req.init_image).to(self.device, self.vae_dtype)
         z = self.vae.encode(pixels, generator=torch.Generator("cpu").manual_seed(seed))
         return (z.float() * SCALING_FACTOR).expand(req.batch_size, -1, -1, -1)
 
-    def _start(self, req: GenerationRequest, sampler: str, schedule: str, noise: torch.Tensor,
-               init: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(sigmas to run, the full schedule, x to start from). The Brownian samplers' tree spans the full
-        schedule even in img2img (A1111 create_noise_sampler)."""
+    def _start(
+        self,
+        req: GenerationRequest,
+        sampler: str,
+        schedule: str,
+        noise: torch.Tensor,
+        init: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """(sigmas to run, the full schedule, x to start from, extra sampler arguments). The Brownian
+        samplers' tree spans the full schedule even in img2img (A1111 create_noise_sampler)."""
         steps = req.steps
+        if sampler == "unipc":
+            return self._start_unipc(req, noise, init)
         if sampler in TIMESTEP_SAMPLERS:
             grid = TIMESTEPS[sampler](steps)[::-1]  # descending training timesteps
             sigmas = self.model_schedule.sigmas[grid]
             if sampler == "ddpm":
                 sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])  # its last step goes to alpha_bar = 1
             if init is None:
-                return sigmas, sigmas, noise  # variance-preserving scale: unit noise
+                return sigmas, sigmas, noise, {}  # variance-preserving scale: unit noise
             if sampler == "ddim":
                 # A1111 sd_samplers_timesteps.sample_img2img: timesteps[:t_enc], noised at timesteps[t_enc]
                 t_enc = int(min(req.strength, 0.999) * steps)
@@ -202,11 +256,24 @@ class Pipeline:
                 start = steps - min(int(steps * req.strength), steps)
                 t_noise = grid[start]
             alpha = self.model_schedule.alphas_cumprod[t_noise].item()
-            return sigmas[start:], sigmas, alpha**0.5 * init + (1 - alpha) ** 0.5 * noise
+            return sigmas[start:], sigmas, alpha**0.5 * init + (1 - alpha) ** 0.5 * noise, {}
         sigmas = schedule_sigmas(schedule, steps, discard_penultimate=sampler in DISCARD_PENULTIMATE)
         if init is None:
-            return sigmas, sigmas, noise * sigmas[0]
+            return sigmas, sigmas, noise * sigmas[0], {}
         # A1111 setup_img2img_steps / sample_img2img (img2img_fix_steps off): t_enc + 1 sampler steps
         t_enc = int(min(req.strength, 0.999) * steps)
-        run = sigmas[steps - t_enc - 1:]
-        return run, sigmas, init + noise * run[0]
+        run = sigmas[steps - t_enc - 1 :]
+        return run, sigmas, init + noise * run[0], {}
+
+    def _start_unipc(self, req: GenerationRequest, noise: torch.Tensor, init: torch.Tensor | None):
+        """A1111 sd_samplers_timesteps_impl.unipc: the DDIM grid's length, time-uniform from t = 999 down; in
+        img2img the first t_enc DDIM timesteps, starting at the last of them, noised at timesteps[t_enc]."""
+        ddim_grid = TIMESTEPS["ddim"](req.steps)
+        alphas_cumprod = self.model_schedule.alphas_cumprod
+        if init is None:
+            sigmas, times = unipc.grid(len(ddim_grid), alphas_cumprod)
+            return sigmas, sigmas, noise, {"timesteps": times}
+        t_enc = int(min(req.strength, 0.999) * req.steps)
+        sigmas, times = unipc.grid(t_enc, alphas_cumprod, t_max=float(ddim_grid[t_enc - 1]))
+        alpha = alphas_cumprod[ddim_grid[t_enc]].item()
+        return sigmas, sigmas, alpha**0.5 * init + (1 - alpha) ** 0.5 * noise, {"timesteps": times}

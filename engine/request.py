@@ -71,11 +71,15 @@ class GenerationRequest:
         for name in ("width", "height"):
             side = getattr(self, name)
             if not _is_int(side) or not MIN_SIDE <= side <= MAX_SIDE or side % 8:
-                raise ValueError(f"{name} must be a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}, got {side!r}")
+                raise ValueError(
+                    f"{name} must be a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}, got {side!r}"
+                )
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
             raise ValueError(f"seed must be None or an integer from 0 to {MAX_SEED}, got {self.seed!r}")
         if self.schedule not in SCHEDULE_NAMES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULE_NAMES)}")
+            raise ValueError(
+                f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULE_NAMES)}"
+            )
         base, concrete = resolve_sampler(self.sampler, self.schedule)  # ValueError for unknown names
         if base != self.sampler:  # a legacy combined name: keep its schedule explicit
             self.sampler, self.schedule = base, concrete
@@ -103,26 +107,38 @@ class GenerationRequest:
         if self.rng not in RNG_SOURCES:
             raise ValueError(f"rng must be one of {', '.join(RNG_SOURCES)}, got {self.rng!r}")
         if not _is_int(self.clip_skip) or not 1 <= self.clip_skip <= MAX_CLIP_SKIP:
-            raise ValueError(f"clip_skip must be an integer from 1 to {MAX_CLIP_SKIP}, got {self.clip_skip!r}")
+            raise ValueError(
+                f"clip_skip must be an integer from 1 to {MAX_CLIP_SKIP}, got {self.clip_skip!r}"
+            )
         if self.emphasis not in EMPHASIS_MODES:
             raise ValueError(f"emphasis must be one of {', '.join(EMPHASIS_MODES)}, got {self.emphasis!r}")
         if self.variation_seed is not None and (
             not _is_int(self.variation_seed) or not 0 <= self.variation_seed <= MAX_SEED
         ):
-            raise ValueError(f"variation_seed must be None or an integer from 0 to {MAX_SEED}, "
-                             f"got {self.variation_seed!r}")
+            raise ValueError(
+                f"variation_seed must be None or an integer from 0 to {MAX_SEED}, got {self.variation_seed!r}"
+            )
         if not _is_number(self.variation_strength) or not 0 <= self.variation_strength <= 1:
-            raise ValueError(f"variation_strength must be a number from 0 to 1, got {self.variation_strength!r}")
+            raise ValueError(
+                f"variation_strength must be a number from 0 to 1, got {self.variation_strength!r}"
+            )
         if not _is_int(self.ensd) or not 0 <= self.ensd <= MAX_SEED:
             raise ValueError(f"ensd must be an integer from 0 to {MAX_SEED}, got {self.ensd!r}")
         if isinstance(self.loras, (str, bytes)) or not hasattr(self.loras, "__iter__"):
             raise ValueError(f"loras must be a list of (path, weight) entries, got {self.loras!r}")
-        self.loras = tuple(tuple(entry) if isinstance(entry, (list, tuple)) else entry for entry in self.loras)
+        self.loras = tuple(
+            tuple(entry) if isinstance(entry, (list, tuple)) else entry for entry in self.loras
+        )
         for entry in self.loras:
-            if (not isinstance(entry, tuple) or len(entry) not in (2, 3) or not isinstance(entry[0], (str, Path))
-                    or not all(_is_number(w) for w in entry[1:])):
-                raise ValueError("each lora must be (path, weight) or (path, te_weight, unet_weight), "
-                                 f"got {entry!r}")
+            if (
+                not isinstance(entry, tuple)
+                or len(entry) not in (2, 3)
+                or not isinstance(entry[0], (str, Path))
+                or not all(_is_number(w) for w in entry[1:])
+            ):
+                raise ValueError(
+                    f"each lora must be (path, weight) or (path, te_weight, unet_weight), got {entry!r}"
+                )
 
     @property
     def is_img2img(self) -> bool:

@@ -61,7 +61,9 @@ def function_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """A smooth nonlinear D(x, sigma): eps depends on the scaled input, the channel mix and sigma."""
     s = sigma.reshape(-1, 1, 1, 1)
     c_in = 1 / (s**2 + 1) ** 0.5
-    mix = torch.tensor([[0.9, 0.1, -0.2, 0.0], [0.1, 0.8, 0.0, 0.3], [-0.2, 0.0, 1.1, 0.1], [0.0, 0.3, 0.1, 0.7]])
+    mix = torch.tensor(
+        [[0.9, 0.1, -0.2, 0.0], [0.1, 0.8, 0.0, 0.3], [-0.2, 0.0, 1.1, 0.1], [0.0, 0.3, 0.1, 0.7]]
+    )
     eps = torch.tanh(torch.einsum("bchw,cd->bdhw", x * c_in, mix)) + 0.05 * torch.sin(s)
     return x - s * eps
 
@@ -176,8 +178,9 @@ def test_dpmpp_2m_sde_heun_variant_and_bad_solver():
     ours, ref, _ = run_pair("dpmpp_2m_sde", function_denoiser, sigmas, solver_type="heun")
     assert relative_error(ours, ref) <= 1e-4
     with pytest.raises(ValueError, match="solver_type"):
-        get_sampler("dpmpp_2m_sde")(function_denoiser, torch.ones(SHAPE), sigmas, noise=lambda a, b: 0,
-                                    solver_type="euler")
+        get_sampler("dpmpp_2m_sde")(
+            function_denoiser, torch.ones(SHAPE), sigmas, noise=lambda a, b: 0, solver_type="euler"
+        )
 
 
 @pytest.mark.parametrize("name", ["dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"])
@@ -192,8 +195,12 @@ def test_lms_coefficients_are_the_exact_integrals():
         for i in range(order - 1, 11):
             for j in range(order):
                 exact = lms_coefficient(order, sigmas, i, j)
-                assert math.isclose(exact, kd.linear_multistep_coeff(order, np.array(sigmas), i, j),
-                                    rel_tol=1e-6, abs_tol=1e-9)
+                assert math.isclose(
+                    exact,
+                    kd.linear_multistep_coeff(order, np.array(sigmas), i, j),
+                    rel_tol=1e-6,
+                    abs_tol=1e-9,
+                )
     # the basis polynomials sum to 1, so the coefficients sum to the step length
     assert math.isclose(sum(lms_coefficient(4, sigmas, 5, j) for j in range(4)), sigmas[6] - sigmas[5])
     with pytest.raises(ValueError, match="order"):

@@ -15,6 +15,7 @@ from test_models_parity import rel_err
 
 import engine
 from engine.brownian import BrownianTreeNoiseSampler
+from engine.samplers import unipc
 from engine.schedules import ModelSchedule
 from engine.testing import write_random_checkpoint
 
@@ -65,6 +66,10 @@ def uniform_sigmas(n):
     return SCHEDULE.uniform(n)
 
 
+def karras(n):
+    return kd.get_sigmas_karras(n, SCHEDULE.sigma_min, SCHEDULE.sigma_max)
+
+
 def discard_penultimate(sigmas):
     return torch.cat([sigmas[:-2], sigmas[-1:]])
 
@@ -72,21 +77,30 @@ def discard_penultimate(sigmas):
 @pytest.mark.parametrize(
     "sampler, make_sigmas, reference",
     [
-        ("dpmpp_2m", lambda n: kd.get_sigmas_karras(n, SCHEDULE.sigma_min, SCHEDULE.sigma_max),
-         kd.sample_dpmpp_2m),
+        ("dpmpp_2m", lambda n: karras(n), kd.sample_dpmpp_2m),
         ("euler_a", uniform_sigmas, kd.sample_euler_ancestral),
         ("lms", uniform_sigmas, kd.sample_lms),
         # DPM2: Karras with the penultimate sigma dropped (one more computed, then cut)
-        ("dpm2", lambda n: discard_penultimate(kd.get_sigmas_karras(n + 1, SCHEDULE.sigma_min, SCHEDULE.sigma_max)),
-         kd.sample_dpm_2),
-        ("dpmpp_2m_sde", lambda n: kd.get_sigmas_exponential(n, SCHEDULE.sigma_min, SCHEDULE.sigma_max),
-         kd.sample_dpmpp_2m_sde),
+        ("dpm2", lambda n: discard_penultimate(karras(n + 1)), kd.sample_dpm_2),
+        (
+            "dpmpp_2m_sde",
+            lambda n: kd.get_sigmas_exponential(n, SCHEDULE.sigma_min, SCHEDULE.sigma_max),
+            kd.sample_dpmpp_2m_sde,
+        ),
     ],
 )
 def test_txt2img_equals_k_diffusion_run_assembled_by_hand(pipe, sampler, make_sigmas, reference):
     prompt, negative, steps, seeds = "nvinkpunk a fox in a trench coat", "blurry, lowres", 4, [11, 12]
-    req = engine.GenerationRequest(prompt=prompt, negative_prompt=negative, steps=steps, cfg_scale=7.5,
-                                   sampler=sampler, batch_size=2, seed=seeds[0], **SIZE)
+    req = engine.GenerationRequest(
+        prompt=prompt,
+        negative_prompt=negative,
+        steps=steps,
+        cfg_scale=7.5,
+        sampler=sampler,
+        batch_size=2,
+        seed=seeds[0],
+        **SIZE,
+    )
     res = pipe.generate(req)
     assert res.seeds == seeds
 
@@ -116,11 +130,13 @@ def test_prompt_editing_switches_at_a1111s_call(pipe, sampler, switch_after):
     x = draw(generators([4])) * sigmas[0]
     calls = []
     ref = {"euler": kd.sample_euler, "heun": kd.sample_heun}[sampler]
-    expected = ref(hand_denoiser(pipe, lambda k: cat if k <= switch_after else dog, uncond, req.cfg_scale, calls),
-                   x, sigmas)
+    denoiser = hand_denoiser(pipe, lambda k: cat if k <= switch_after else dog, uncond, req.cfg_scale, calls)
+    expected = ref(denoiser, x, sigmas)
     assert len(calls) == (5 if sampler == "heun" else 3)
     assert rel_err(res.latents, expected) <= 1e-4
-    plain = pipe.generate(engine.GenerationRequest(prompt="a cat", steps=steps, seed=4, sampler=sampler, **SIZE))
+    plain = pipe.generate(
+        engine.GenerationRequest(prompt="a cat", steps=steps, seed=4, sampler=sampler, **SIZE)
+    )
     assert not torch.allclose(plain.latents, res.latents)
 
 
@@ -138,6 +154,26 @@ def test_ddim_runs_a1111s_grid(pipe):
         x0 = (x - (1 - a) ** 0.5 * eps) / a**0.5
         x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
     assert rel_err(res.latents, x) <= 1e-4
+
+
+def test_unipc_runs_a1111s_grid(pipe):
+    # the solver is checked against diffusers in test_samplers; here the pipeline's grid, start and UNet times
+    events, seen = [], []
+    req = engine.GenerationRequest(prompt="ink", steps=4, seed=3, sampler="unipc", cfg_scale=1.0, **SIZE)
+    res = pipe.generate(req, on_step=events.append)
+    assert [e.step for e in events] == [1, 2, 3, 4]  # N = len(DDIM grid) calls
+    cond = pipe.encode_prompt(["ink"])
+
+    def denoiser(x, sigma, timestep):
+        seen.append(timestep[0].item())
+        s = sigma.reshape(-1, 1, 1, 1)
+        with torch.no_grad():
+            return x - s * pipe.unet(x / (s**2 + 1) ** 0.5, timestep.half().float(), cond)
+
+    sigmas, times = unipc.grid(4, SCHEDULE.alphas_cumprod)
+    expected = unipc.sample_unipc(denoiser, draw(generators([3])), sigmas, timesteps=times)
+    assert seen == [999.0, 749.25, 499.5, 249.75]
+    assert rel_err(res.latents, expected) <= 1e-4
 
 
 def test_seeds_variation_rng_and_ensd(pipe):
@@ -161,7 +197,9 @@ def test_seeds_variation_rng_and_ensd(pipe):
 
 def test_random_seed_is_reported(pipe):
     res = pipe.generate(engine.GenerationRequest(prompt="ink", steps=2, sampler="ddpm", **SIZE))
-    again = pipe.generate(engine.GenerationRequest(prompt="ink", steps=2, sampler="ddpm", seed=res.seed, **SIZE))
+    again = pipe.generate(
+        engine.GenerationRequest(prompt="ink", steps=2, sampler="ddpm", seed=res.seed, **SIZE)
+    )
     assert torch.equal(res.latents, again.latents)
 
 
@@ -170,8 +208,9 @@ def test_img2img_runs_a1111s_slice(pipe):
 
     def run(strength, sampler="dpmpp_2m"):
         events = []
-        req = engine.GenerationRequest(prompt="ink", steps=10, seed=5, init_image=init, strength=strength,
-                                       sampler=sampler, **SIZE)
+        req = engine.GenerationRequest(
+            prompt="ink", steps=10, seed=5, init_image=init, strength=strength, sampler=sampler, **SIZE
+        )
         return pipe.generate(req, on_step=events.append), events
 
     (low, events), (again, _), (high, _) = run(0.2), run(0.2), run(1.0)
@@ -181,13 +220,14 @@ def test_img2img_runs_a1111s_slice(pipe):
         pixels = torch.from_numpy(np.asarray(init, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
         init_latents = pipe.vae.encode(pixels, generator=torch.Generator().manual_seed(5)) * 0.18215
     # the hand run: sigmas[steps - t_enc - 1:], x = init + noise * sigma_start
-    sigmas = kd.get_sigmas_karras(10, SCHEDULE.sigma_min, SCHEDULE.sigma_max)[10 - 2 - 1:]
+    sigmas = kd.get_sigmas_karras(10, SCHEDULE.sigma_min, SCHEDULE.sigma_max)[10 - 2 - 1 :]
     x = init_latents + draw(generators([5])) * sigmas[0]
     cond, uncond = pipe.encode_prompt(["ink"]), pipe.encode_prompt([""])
     expected = kd.sample_dpmpp_2m(hand_denoiser(pipe, lambda k: cond, uncond, 7.5, []), x, sigmas)
     assert rel_err(low.latents, expected) <= 1e-4
     assert rel_err(low.latents, init_latents) < rel_err(high.latents, init_latents)
-    for sampler, n_events in (("ddim", 1), ("ddpm", 2)):  # DDIM: t_enc - 1 calls; DDPM: int(steps * strength)
+    # DDIM: t_enc - 1 calls; UniPC: t_enc; DDPM: int(steps * strength)
+    for sampler, n_events in (("ddim", 1), ("unipc", 2), ("ddpm", 2)):
         assert len(run(0.2, sampler)[1]) == n_events
 
 
@@ -196,7 +236,9 @@ def test_long_prompt_is_chunked_and_run_apart_from_a_short_negative(pipe):
     context = pipe.encode_prompt([long_prompt, ""])
     chunks = context.shape[1] // 77
     assert chunks >= 2 and context.shape[:2] == (2, chunks * 77)  # "" padded with empty chunks in one batch
-    res = pipe.generate(engine.GenerationRequest(prompt=long_prompt, steps=2, seed=1, sampler="euler", **SIZE))
+    res = pipe.generate(
+        engine.GenerationRequest(prompt=long_prompt, steps=2, seed=1, sampler="euler", **SIZE)
+    )
     cond, uncond = pipe.encode_prompt([long_prompt]), pipe.encode_prompt([""])
     assert cond.shape[1] == chunks * 77 and uncond.shape[1] == 77  # different lengths: two UNet passes
     sigmas = uniform_sigmas(2)
@@ -207,7 +249,9 @@ def test_long_prompt_is_chunked_and_run_apart_from_a_short_negative(pipe):
 
 def test_step_events_with_previews(pipe):
     events = []
-    pipe.generate(engine.GenerationRequest(prompt="ink", steps=4, seed=2, width=128, height=64), on_step=events.append)
+    pipe.generate(
+        engine.GenerationRequest(prompt="ink", steps=4, seed=2, width=128, height=64), on_step=events.append
+    )
     assert [e.step for e in events] == [1, 2, 3, 4] and {e.total for e in events} == {4}
     assert all(e.preview.shape == (8, 16, 3) and e.preview.dtype == np.uint8 for e in events)
     assert events[-1].elapsed >= events[0].elapsed > 0
@@ -223,7 +267,9 @@ def test_cancel_between_steps_returns_nothing(pipe):
             cancel.set()
 
     with pytest.raises(engine.Cancelled):
-        pipe.generate(engine.GenerationRequest(prompt="ink", steps=10, **SIZE), on_step=on_step, cancel=cancel)
+        pipe.generate(
+            engine.GenerationRequest(prompt="ink", steps=10, **SIZE), on_step=on_step, cancel=cancel
+        )
     assert seen == [1, 2]
 
 

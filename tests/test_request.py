@@ -11,8 +11,15 @@ from engine.request import GenerationRequest
 def test_defaults_are_valid():
     req = GenerationRequest(prompt="nvinkpunk a fox")
     assert req.sampler == "dpmpp_2m" and req.schedule == "automatic" and req.resolved_schedule == "karras"
-    assert (req.rng, req.clip_skip, req.emphasis, req.variation_seed, req.variation_strength, req.ensd,
-            req.loras) == ("cpu", 1, "original", None, 0.0, 0, ())
+    assert (
+        req.rng,
+        req.clip_skip,
+        req.emphasis,
+        req.variation_seed,
+        req.variation_strength,
+        req.ensd,
+        req.loras,
+    ) == ("cpu", 1, "original", None, 0.0, 0, ())
     assert not req.is_img2img
 
 

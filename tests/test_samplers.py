@@ -10,10 +10,10 @@ import logging
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, UniPCMultistepScheduler
 
 from engine import names
-from engine.samplers import SAMPLERS, TIMESTEPS, ddim, ddpm, get_sampler
+from engine.samplers import SAMPLERS, TIMESTEPS, ddim, ddpm, get_sampler, unipc
 
 # SD1.5's scheduler_config.json (runwayml/stable-diffusion-v1-5/scheduler).
 SD15_SCHEDULER_CONFIG = {
@@ -68,7 +68,12 @@ def test_registry_matches_the_torch_free_names():
     assert set(SAMPLERS) == set(names.SAMPLERS) == set(names.DISPLAY_NAMES) == set(names.DEFAULT_SCHEDULE)
     assert names.SAMPLERS[0] == "dpmpp_2m" and names.DEFAULT_SCHEDULE["dpmpp_2m"] == "karras"
     assert [names.DISPLAY_NAMES[n] for n in ("dpmpp_2s_a", "dpm2_a", "euler_a", "dpmpp_3m_sde", "lms")] == [
-        "DPM++ 2S a", "DPM2 a", "Euler a", "DPM++ 3M SDE", "LMS"]
+        "DPM++ 2S a",
+        "DPM2 a",
+        "Euler a",
+        "DPM++ 3M SDE",
+        "LMS",
+    ]
     flags = names.SECOND_ORDER | names.DISCARD_PENULTIMATE | names.USES_ENSD | names.BROWNIAN
     assert flags <= set(names.SAMPLERS) and set(TIMESTEPS) <= names.TIMESTEP_SAMPLERS
     assert set(names.SCHEDULE_LABELS) == set(names.SCHEDULE_NAMES) and names.SCHEDULE_NAMES[0] == "automatic"
@@ -124,8 +129,9 @@ def test_ddim_is_a1111s_loop_the_first_len_minus_one_diffusers_steps(steps):
     denoiser = EpsDenoiser(ref.alphas_cumprod)
     x = start_noise()
     seen = []
-    ours = ddim.sample_ddim(denoiser, x, denoiser.sigmas[grid[::-1]],
-                            callback=lambda d: seen.append(d["denoised"]))
+    ours = ddim.sample_ddim(
+        denoiser, x, denoiser.sigmas[grid[::-1]], callback=lambda d: seen.append(d["denoised"])
+    )
     assert denoiser.timesteps == grid[::-1][:-1]  # len(grid) - 1 calls, the t = 1 level never evaluated
     expected, x0s = x, []
     for t in ref.timesteps[:-1]:
@@ -146,7 +152,8 @@ def test_ddim_eta_adds_the_given_noise():
     ours = ddim.sample_ddim(denoiser, start_noise(), sigmas, eta=0.5, noise=iter(draws).__next__)
     expected = start_noise()
     for k, t in enumerate(ref.timesteps[:-1]):
-        expected = ref.step(fake_eps(expected, int(t)), t, expected, eta=0.5, variance_noise=draws[k]).prev_sample
+        out = ref.step(fake_eps(expected, int(t)), t, expected, eta=0.5, variance_noise=draws[k])
+        expected = out.prev_sample
     assert_close(ours, expected)
 
 
@@ -158,9 +165,60 @@ def test_ddpm_matches_diffusers_with_the_same_noise(steps):
     denoiser = EpsDenoiser(ref.alphas_cumprod)
     sigmas = torch.cat([denoiser.sigmas[ddpm.timesteps(steps)[::-1]], torch.zeros(1)])
     g_ours, g_ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    ours = ddpm.sample_ddpm(denoiser, start_noise(), sigmas, noise=lambda: torch.randn(SHAPE, generator=g_ours))
+    ours = ddpm.sample_ddpm(
+        denoiser, start_noise(), sigmas, noise=lambda: torch.randn(SHAPE, generator=g_ours)
+    )
     expected = start_noise()
     for t in ref.timesteps:
         expected = ref.step(fake_eps(expected, int(t)), t, expected, generator=g_ref).prev_sample
     # diffusers also adds sqrt(1e-20) * noise at the last step; nothing else differs
     assert_close(ours, expected)
+
+
+@pytest.mark.parametrize("n", [1, 3, 9, 27])
+def test_unipc_matches_diffusers_bh1_on_a1111s_grid(n):
+    # A1111's grid is linspace(999, 0, n + 1) in model time; for n dividing 999 those are whole timesteps,
+    # where diffusers' UniPC (bh1, x0 prediction, order 3, lower order final, ending at sigma_min) runs the
+    # same solver on the same noise levels.
+    ref = UniPCMultistepScheduler.from_config(
+        SD15_SCHEDULER_CONFIG,
+        solver_type="bh1",
+        solver_order=3,
+        predict_x0=True,
+        lower_order_final=True,
+        steps_offset=0,
+        final_sigmas_type="sigma_min",
+        timestep_spacing="linspace",
+    )
+    ref.set_timesteps(n)
+    sigmas, times = unipc.grid(n, ref.alphas_cumprod)
+    assert torch.equal(times, torch.linspace(999, 0, n + 1))
+    table = ((1 - ref.alphas_cumprod) / ref.alphas_cumprod) ** 0.5
+    assert torch.allclose(sigmas, table[times.round().long()], rtol=1e-5)
+    seen_t = []
+
+    def denoiser(x, sigma, timestep):
+        seen_t.append(float(timestep[0]))
+        s = sigma.reshape(-1, 1, 1, 1)
+        return x - s * fake_eps(x / (s**2 + 1) ** 0.5, round(float(timestep[0])))
+
+    steps = []
+    ours = unipc.sample_unipc(
+        denoiser, start_noise(), sigmas, timesteps=times, callback=lambda d: steps.append(d["i"])
+    )
+    assert seen_t == times[:-1].tolist() and steps == list(range(n))  # n calls, not at the last grid point
+    expected = start_noise()
+    for t in ref.timesteps:
+        expected = ref.step(fake_eps(expected, int(t)), t, expected).prev_sample
+    assert_close(ours, expected)
+
+
+def test_unipc_grid_between_timesteps_and_for_img2img():
+    alphas_cumprod = DDIMScheduler.from_config(SD15_SCHEDULER_CONFIG).alphas_cumprod
+    sigmas, times = unipc.grid(len(ddim.timesteps(20)), alphas_cumprod)
+    assert len(sigmas) == 21 and times[1].item() == pytest.approx(949.05)
+    assert (sigmas[:-1] > sigmas[1:]).all()
+    _, times = unipc.grid(4, torch.linspace(0.99, 0.01, 1000), t_max=151.0)
+    assert times.tolist() == pytest.approx([151.0, 113.25, 75.5, 37.75, 0.0])
+    with pytest.raises(ValueError, match="at least one step"):
+        unipc.grid(0, torch.linspace(0.99, 0.01, 1000))

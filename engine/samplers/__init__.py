@@ -3,7 +3,8 @@ noise=None, ...) -> x`. See engine/samplers/common.py for the contract of each a
 
 The k-diffusion samplers (Euler ... DPM++ 3M SDE) start from `x = noise * sigmas[0]` and end at sigma 0.
 The timestep samplers (DDIM, UniPC, DDPM; engine.names.TIMESTEP_SAMPLERS) walk their own grid of training
-timesteps (`timesteps(steps)` in their module) in the variance-preserving scale: `x = noise` to start.
+timesteps (`timesteps(steps)` in ddim.py and ddpm.py, `grid()` in unipc.py) in the variance-preserving
+scale: `x = noise` to start.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from engine.names import DISPLAY_NAMES, TIMESTEP_SAMPLERS
-from engine.samplers import ddim, ddpm
+from engine.samplers import ddim, ddpm, unipc
 from engine.samplers.dpm2 import sample_dpm2, sample_dpm2_a
 from engine.samplers.dpmpp import sample_dpmpp_2m, sample_dpmpp_2s_a
 from engine.samplers.dpmpp_sde import sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_dpmpp_sde
@@ -36,16 +37,29 @@ SAMPLERS: dict[str, SamplerFn] = {
     "dpm2": sample_dpm2,
     "dpm2_a": sample_dpm2_a,
     "ddim": ddim.sample_ddim,
+    "unipc": unipc.sample_unipc,
     "ddpm": ddpm.sample_ddpm,
 }
 
-# Each timestep sampler's grid: steps -> ascending training timesteps.
+# DDIM's and DDPM's grids: steps -> ascending training timesteps (UniPC's continuous grid: unipc.grid).
 TIMESTEPS: dict[str, Callable[[int], list[int]]] = {"ddim": ddim.timesteps, "ddpm": ddpm.timesteps}
 
 # Samplers that take a `noise` argument (ancestral: noise(); SDE: noise(sigma, sigma_next)).
 TAKES_NOISE: frozenset[str] = frozenset(
-    {"euler_a", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim", "ddpm",
-     "euler", "heun", "dpm2"})
+    {
+        "euler_a",
+        "dpm2_a",
+        "dpmpp_2s_a",
+        "dpmpp_sde",
+        "dpmpp_2m_sde",
+        "dpmpp_3m_sde",
+        "ddim",
+        "ddpm",
+        "euler",
+        "heun",
+        "dpm2",
+    }
+)
 
 
 def get_sampler(name: str) -> SamplerFn:

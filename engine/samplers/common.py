@@ -6,7 +6,8 @@ tensor, as k-diffusion passes `sigmas[i] * s_in`. `callback` receives k-diffusio
 {'x', 'i', 'sigma', 'sigma_hat', 'denoised'} once per step. `noise` is a callable: for the ancestral samplers
 `noise()` returns the next standard normal tensor shaped like x (A1111's `randn_like`, i.e.
 engine.rng.ImageNoise.next); for the SDE samplers `noise(sigma, sigma_next)` is a Brownian-tree sampler
-(engine.brownian.BrownianTreeNoiseSampler).
+(engine.brownian.BrownianTreeNoiseSampler). UniPC, whose grid lies between training timesteps, may also pass
+`timestep=` (B,) model times, which the denoiser then uses instead of its own sigma -> t map.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ NoiseFn = Callable[..., torch.Tensor]
 
 def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
     """The Karras ODE derivative dx/dsigma = (x - D(x, sigma)) / sigma (k-diffusion `to_d`)."""
-    return (x - denoised) / sigma.reshape(*sigma.shape, *([1] * (x.ndim - sigma.ndim)))  # k-diffusion append_dims
+    return (x - denoised) / sigma.reshape(
+        *sigma.shape, *([1] * (x.ndim - sigma.ndim))
+    )  # k-diffusion append_dims
 
 
 def ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float = 1.0):
@@ -43,6 +46,8 @@ def step_noise(noise: NoiseFn | None, x: torch.Tensor) -> NoiseFn:
 
 def brownian_noise(noise: NoiseFn | None, name: str) -> NoiseFn:
     if noise is None:
-        raise ValueError(f"{name} needs a Brownian-tree noise sampler: pass noise=BrownianTreeNoiseSampler(...) "
-                         "(engine.brownian), noise(sigma, sigma_next) -> Tensor")
+        raise ValueError(
+            f"{name} needs a Brownian-tree noise sampler: pass noise=BrownianTreeNoiseSampler(...) "
+            "(engine.brownian), noise(sigma, sigma_next) -> Tensor"
+        )
     return noise

@@ -21,9 +21,15 @@ def timesteps(steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def sample_ddim(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
-                callback: StepCallback | None = None, noise: NoiseFn | None = None,
-                eta: float = 0.0) -> torch.Tensor:
+def sample_ddim(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: StepCallback | None = None,
+    noise: NoiseFn | None = None,
+    eta: float = 0.0,
+) -> torch.Tensor:
     """`sigmas`: the sigmas of the grid's timesteps, descending (no trailing 0); `x`: VP-scaled, i.e. unit
     noise for txt2img. The sigma-space denoiser sees x / sqrt(alpha_bar) as k-diffusion's wrapper would, so
     its UNet input x * c_in is x itself: eps = (x_ve - D) / sigma."""

@@ -19,9 +19,16 @@ def timesteps(steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def sample_ddpm(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
-                callback: StepCallback | None = None, noise: NoiseFn | None = None) -> torch.Tensor:
-    """`sigmas`: the grid's sigmas descending plus a trailing 0 (alpha_bar = 1); `x`: VP-scaled (unit noise)."""
+def sample_ddpm(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: StepCallback | None = None,
+    noise: NoiseFn | None = None,
+) -> torch.Tensor:
+    """`sigmas`: the grid's sigmas descending plus a trailing 0 (alpha_bar = 1); `x`: VP-scaled (unit noise)
+    to start."""
     draw = step_noise(noise, x)
     s_in = x.new_ones([x.shape[0]])
     alphas = 1.0 / (1.0 + sigmas.double() ** 2)
@@ -32,7 +39,9 @@ def sample_ddpm(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
         eps = (x_ve - denoiser(x_ve, sigmas[i] * s_in)) / sigmas[i]
         pred_x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5  # DDPM eq. 15
         # DDPM eq. 7: mean of q(x_{t-1} | x_t, x0)
-        x = (a_prev**0.5 * beta_t / (1 - a_t)) * pred_x0 + ((1 - beta_t) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x
+        x = (a_prev**0.5 * beta_t / (1 - a_t)) * pred_x0 + (
+            (1 - beta_t) ** 0.5 * (1 - a_prev) / (1 - a_t)
+        ) * x
         if sigmas[i + 1] > 0:
             x = x + ((1 - a_prev) / (1 - a_t) * beta_t) ** 0.5 * draw()
         if callback is not None:

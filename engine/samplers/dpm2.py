@@ -10,9 +10,18 @@ from engine.samplers.common import Denoiser, NoiseFn, StepCallback, ancestral_st
 
 
 @torch.no_grad()
-def sample_dpm2(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, callback: StepCallback | None = None,
-                noise: NoiseFn | None = None, s_churn: float = 0.0, s_tmin: float = 0.0,
-                s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
+def sample_dpm2(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: StepCallback | None = None,
+    noise: NoiseFn | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+) -> torch.Tensor:
     s_in = x.new_ones([x.shape[0]])
     n = len(sigmas) - 1
     for i in range(n):
@@ -36,9 +45,16 @@ def sample_dpm2(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, ca
 
 
 @torch.no_grad()
-def sample_dpm2_a(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
-                  callback: StepCallback | None = None, noise: NoiseFn | None = None, eta: float = 1.0,
-                  s_noise: float = 1.0) -> torch.Tensor:
+def sample_dpm2_a(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: StepCallback | None = None,
+    noise: NoiseFn | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> torch.Tensor:
     draw = step_noise(noise, x)
     s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):

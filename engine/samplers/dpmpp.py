@@ -20,9 +20,16 @@ def _t(sigma: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_dpmpp_2s_a(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
-                      callback: StepCallback | None = None, noise: NoiseFn | None = None, eta: float = 1.0,
-                      s_noise: float = 1.0) -> torch.Tensor:
+def sample_dpmpp_2s_a(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: StepCallback | None = None,
+    noise: NoiseFn | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> torch.Tensor:
     """Single-step second order down to sigma_down (midpoint r = 1/2), then ancestral noise."""
     draw = step_noise(noise, x)
     s_in = x.new_ones([x.shape[0]])
@@ -46,8 +53,9 @@ def sample_dpmpp_2s_a(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor,
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
-                    callback: StepCallback | None = None) -> torch.Tensor:
+def sample_dpmpp_2m(
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, callback: StepCallback | None = None
+) -> torch.Tensor:
     """Multistep second order: D' = (1 + 1/2r) D_i - (1/2r) D_{i-1}, r = h_{i-1}/h; first order at the first
     and the last step."""
     s_in = x.new_ones([x.shape[0]])

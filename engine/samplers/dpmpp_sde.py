@@ -20,9 +20,17 @@ def _t(sigma: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_dpmpp_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
-                     callback: StepCallback | None = None, noise: NoiseFn | None = None, eta: float = 1.0,
-                     s_noise: float = 1.0, r: float = 0.5) -> torch.Tensor:
+def sample_dpmpp_sde(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: StepCallback | None = None,
+    noise: NoiseFn | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    r: float = 0.5,
+) -> torch.Tensor:
     """Two ancestral half steps per step (to s = t + r h, then to t_next); Euler at the last step."""
     noise = brownian_noise(noise, "DPM++ SDE")
     s_in = x.new_ones([x.shape[0]])
@@ -53,9 +61,17 @@ def sample_dpmpp_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, 
 
 
 @torch.no_grad()
-def sample_dpmpp_2m_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
-                        callback: StepCallback | None = None, noise: NoiseFn | None = None, eta: float = 1.0,
-                        s_noise: float = 1.0, solver_type: str = "midpoint") -> torch.Tensor:
+def sample_dpmpp_2m_sde(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: StepCallback | None = None,
+    noise: NoiseFn | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    solver_type: str = "midpoint",
+) -> torch.Tensor:
     if solver_type not in ("heun", "midpoint"):
         raise ValueError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
     noise = brownian_noise(noise, "DPM++ 2M SDE")
@@ -75,20 +91,35 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
             if old_denoised is not None:
                 r = h_last / h
                 if solver_type == "heun":
-                    x = x + ((-h - eta_h).expm1().neg() / (-h - eta_h) + 1) * (1 / r) * (denoised - old_denoised)
+                    x = x + ((-h - eta_h).expm1().neg() / (-h - eta_h) + 1) * (1 / r) * (
+                        denoised - old_denoised
+                    )
                 else:
                     x = x + 0.5 * (-h - eta_h).expm1().neg() * (1 / r) * (denoised - old_denoised)
             if eta:
-                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * eta_h).expm1().neg().sqrt() * s_noise
+                x = (
+                    x
+                    + noise(sigmas[i], sigmas[i + 1])
+                    * sigmas[i + 1]
+                    * (-2 * eta_h).expm1().neg().sqrt()
+                    * s_noise
+                )
         old_denoised = denoised
         h_last = h
     return x
 
 
 @torch.no_grad()
-def sample_dpmpp_3m_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
-                        callback: StepCallback | None = None, noise: NoiseFn | None = None, eta: float = 1.0,
-                        s_noise: float = 1.0) -> torch.Tensor:
+def sample_dpmpp_3m_sde(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: StepCallback | None = None,
+    noise: NoiseFn | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> torch.Tensor:
     noise = brownian_noise(noise, "DPM++ 3M SDE")
     s_in = x.new_ones([x.shape[0]])
     denoised_1 = denoised_2 = None
@@ -117,7 +148,13 @@ def sample_dpmpp_3m_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
                 d = (denoised - denoised_1) / (h_1 / h)
                 x = x + (h_eta.neg().expm1() / h_eta + 1) * d
             if eta:
-                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+                x = (
+                    x
+                    + noise(sigmas[i], sigmas[i + 1])
+                    * sigmas[i + 1]
+                    * (-2 * h * eta).expm1().neg().sqrt()
+                    * s_noise
+                )
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
     return x

@@ -9,9 +9,18 @@ from engine.samplers.common import Denoiser, NoiseFn, StepCallback, ancestral_st
 
 
 @torch.no_grad()
-def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, callback: StepCallback | None = None,
-                 noise: NoiseFn | None = None, s_churn: float = 0.0, s_tmin: float = 0.0,
-                 s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
+def sample_euler(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: StepCallback | None = None,
+    noise: NoiseFn | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+) -> torch.Tensor:
     """Euler steps; with s_churn > 0, Karras' stochastic churn. k-diffusion draws `randn_like` at every step
     even without churn (unused then); we draw only when churn is on, so the values are the same."""
     s_in = x.new_ones([x.shape[0]])
@@ -31,10 +40,17 @@ def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, c
 
 
 @torch.no_grad()
-def sample_euler_a(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
-                   callback: StepCallback | None = None, noise: NoiseFn | None = None, eta: float = 1.0,
-                   s_noise: float = 1.0) -> torch.Tensor:
-    """Euler steps down to sigma_down, then fresh noise up to the next sigma (one draw per step but the last)."""
+def sample_euler_a(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: StepCallback | None = None,
+    noise: NoiseFn | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> torch.Tensor:
+    """Euler steps down to sigma_down, then fresh noise up to the next sigma (each step but the last)."""
     draw = step_noise(noise, x)
     s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):

@@ -9,9 +9,18 @@ from engine.samplers.common import Denoiser, NoiseFn, StepCallback, step_noise, 
 
 
 @torch.no_grad()
-def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, callback: StepCallback | None = None,
-                noise: NoiseFn | None = None, s_churn: float = 0.0, s_tmin: float = 0.0,
-                s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
+def sample_heun(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: StepCallback | None = None,
+    noise: NoiseFn | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+) -> torch.Tensor:
     s_in = x.new_ones([x.shape[0]])
     n = len(sigmas) - 1
     for i in range(n):

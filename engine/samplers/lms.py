@@ -39,8 +39,14 @@ def lms_coefficient(order: int, t: list[float], i: int, j: int) -> float:
 
 
 @torch.no_grad()
-def sample_lms(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, callback: StepCallback | None = None,
-               order: int = 4) -> torch.Tensor:
+def sample_lms(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: StepCallback | None = None,
+    order: int = 4,
+) -> torch.Tensor:
     s_in = x.new_ones([x.shape[0]])
     sigmas_f64 = [float(s) for s in sigmas.detach().cpu().double()]
     ds: list[torch.Tensor] = []
