@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="default: a random seed (printed)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
-    p.add_argument("--sampler", default="dpmpp_2m_karras", choices=engine.SAMPLERS)
+    p.add_argument("--sampler", default="dpmpp_2m", choices=[*engine.SAMPLERS, *engine.LEGACY_NAMES],
+                   help="default: dpmpp_2m (with its Automatic schedule, Karras)")
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=1)
