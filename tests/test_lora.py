@@ -7,6 +7,8 @@ restore() must give back the original weights bit-for-bit.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import pickle
 import zipfile
@@ -239,3 +241,64 @@ def test_foreign_files_are_refused(kind, ours, tmp_path):
     with pytest.raises(engine.CheckpointError, match=message):
         apply_loras(ours, [(path, 1.0)])
     assert all(torch.equal(v, originals[k]) for k, v in ours.unet.state_dict().items())
+
+
+def test_lcm_lora_layout(ours, tmp_path):
+    """LCM-LoRA's file (lcm-lora-sdv1-5 pytorch_lora_weights.safetensors): kohya keys in diffusers spelling
+    with `.alpha`, UNet only, every resnet conv (3x3), time_emb_proj, the samplers' convs and attention."""
+    state = {k: v for k, v in random_lora(ours, "kohya_diffusers", seed=7, rank=8).items()
+             if k.startswith("lora_unet_") and "conv_in" not in k and "conv_out" not in k
+             and "time_embedding" not in k}
+    for key in ("lora_unet_down_blocks_0_downsamplers_0_conv", "lora_unet_up_blocks_0_upsamplers_0_conv",
+                "lora_unet_mid_block_resnets_1_conv2", "lora_unet_up_blocks_1_resnets_2_conv_shortcut",
+                "lora_unet_down_blocks_0_resnets_0_time_emb_proj",
+                "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj"):
+        assert f"{key}.lora_down.weight" in state, key
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    save_file(state, str(path))
+    lora = read_lora(path, ours)
+    assert lora.unmatched == [] and {m.component for m in lora.modules} == {"unet"}
+    assert len(lora.modules) == len(state) // 3
+
+
+def test_lora_hashes_as_a1111(tmp_path):
+    """addnet hash: sha256 of the tensor data after the header; metadata edits keep it; sshs_model_hash wins."""
+    tensors = {"lora_te_a.lora_down.weight": torch.randn(2, 3), "lora_te_a.lora_up.weight": torch.randn(3, 2)}
+    a, b, c = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.safetensors"
+    save_file(tensors, str(a), metadata={"ss_output_name": "a"})
+    save_file(tensors, str(b), metadata={"ss_output_name": "something much longer", "x": "y"})
+    save_file(tensors, str(c), metadata={"sshs_model_hash": "0123456789abcdef" * 4})
+    header = json.loads(a.read_bytes()[8 : 8 + int.from_bytes(a.read_bytes()[:8], "little")])
+    order = sorted((info["data_offsets"][0], name) for name, info in header.items() if name != "__metadata__")
+    data = b"".join(tensors[name].numpy().tobytes() for _, name in order)
+    assert engine.addnet_hash(a) == hashlib.sha256(data).hexdigest()
+    assert engine.lora_hash(a) == engine.lora_hash(b) == hashlib.sha256(data).hexdigest()[:12]
+    assert engine.model_hash(a) != engine.model_hash(b)  # whole-file hashes see the header
+    assert engine.lora_hash(c) == "0123456789ab"
+    pt = tmp_path / "d.pt"
+    torch.save(tensors, pt)
+    assert engine.lora_hash(pt) == hashlib.sha256(pt.read_bytes()).hexdigest()[:12]
+
+
+def test_pipeline_set_loras(ckpt, tmp_path):
+    pipe = engine.load_pipeline(ckpt, device="cpu", dtype="fp32")
+    original = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    a, bad = tmp_path / "style.safetensors", tmp_path / "bad.safetensors"
+    save_file(random_lora(pipe.models, "kohya_ldm", seed=8), str(a))
+    save_file({"lora_te1_x.lora_down.weight": torch.zeros(1, 1)}, str(bad))
+    with torch.inference_mode():  # as when called from generate()
+        pipe.set_loras([(a, 0.5, 1.0)])
+    merged = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    assert not all(torch.equal(merged[k], v) for k, v in original.items())
+    weight = pipe.unet.input_blocks[1][1].proj_in.weight
+    version = weight._version
+    pipe.set_loras([(str(a), 0.5, 1.0)])  # unchanged: nothing is touched
+    assert weight._version == version
+    assert pipe.lora_hashes == {"style": engine.lora_hash(a)}
+    with pytest.raises(engine.CheckpointError, match="SDXL"):
+        pipe.set_loras([(bad, 1.0)])
+    assert all(torch.equal(v, merged[k]) for k, v in pipe.unet.state_dict().items())  # still merged
+    pipe.set_loras([(a, 0.5)])  # unet weight changed: restore + apply
+    pipe.set_loras([])
+    assert all(torch.equal(v, original[k]) for k, v in pipe.unet.state_dict().items())
+    assert pipe.lora_hashes == {}
