@@ -138,15 +138,16 @@ class LoraModule:
         """alpha / rank, or 1 without alpha (A1111 network.py NetworkModule.calc_scale)."""
         return 1.0 if self.alpha is None else self.alpha / self.down.shape[0]
 
-    def delta(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
-        """The fp32 weight update for a layer of weight shape `shape`, before the multiplier."""
-        up = self.up.to(device, torch.float32).reshape(self.up.shape[0], -1)
-        down = self.down.to(device, torch.float32).reshape(self.down.shape[0], -1)
+    def add_to(self, flat: torch.Tensor, multiplier: float) -> None:
+        """flat (out, in * kh * kw), fp32, += multiplier * scale * updown: one fused matmul-add per layer."""
+        up = self.up.to(flat.device, torch.float32).reshape(self.up.shape[0], -1)
+        down = self.down.to(flat.device, torch.float32).reshape(self.down.shape[0], -1)
         if self.mid is None:  # lyco_helpers.rebuild_conventional
-            updown = up @ down
+            flat.addmm_(up, down, alpha=self.scale * multiplier)
         else:  # lyco_helpers.rebuild_cp_decomposition
-            updown = torch.einsum("n m k l, i n, m j -> i j k l", self.mid.to(device, torch.float32), up, down)
-        return updown.reshape(shape) * self.scale
+            mid = self.mid.to(flat.device, torch.float32)
+            updown = torch.einsum("n m k l, i n, m j -> i j k l", mid, up, down)
+            flat.add_(updown.reshape(flat.shape), alpha=self.scale * multiplier)
 
 
 @dataclass
@@ -349,10 +350,7 @@ class LoraSet:
                 weight = _dense_weight(module)
                 if (component, name) not in self._originals:
                     self._originals[(component, name)] = weight.detach().to("cpu", copy=True)
-                total = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-                for m, w in parts:
-                    total += m.delta(weight.shape, weight.device) * w
-                weight.copy_(weight.float() + total)  # in place: fused q/k/v views stay views
+                _merge(weight, parts)
         except BaseException:
             self.restore()
             raise
@@ -366,6 +364,21 @@ class LoraSet:
             _dense_weight(layers[component][name]).copy_(original)
         self._originals.clear()
         self.loras.clear()
+
+
+def _merge(weight: torch.Tensor, parts: list[tuple[LoraModule, float]]) -> None:
+    """Add the updates to `weight` in place (fused q/k/v rows stay views of their fused tensor).
+
+    fp32 contiguous weights are updated directly; others (fp16/bf16, channels_last convs) through an fp32
+    copy, so each update is rounded once, to the weight's dtype.
+    """
+    direct = weight.dtype == torch.float32 and weight.is_contiguous()
+    acc = weight if direct else weight.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    flat = acc.view(acc.shape[0], -1)
+    for m, w in parts:
+        m.add_to(flat, w)
+    if not direct:
+        weight.copy_(acc)
 
 
 def _dense_weight(module: nn.Module) -> torch.Tensor:
@@ -385,3 +398,49 @@ def apply_loras(models: Any, loras: Sequence[LoraSpec]) -> LoraSet:
     handle.apply(files)
     log.info("merged %d LoRA(s): %s", len(files), ", ".join(f.name for f, _, _ in files))
     return handle
+
+
+def _benchmark(rank: int = 128) -> None:
+    """`python -m engine.lora`: merge and restore a LoRA of SD1.5 size (rank `rank` on every attention,
+    feed-forward and projection layer, as kohya's default) on a random fp32 SD1.5 text encoder + UNet."""
+    import tempfile
+    import time
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from engine.attention import fuse_projections
+    from engine.clip import TextEncoder
+    from engine.config import TextEncoderConfig
+    from engine.unet import UNet
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with torch.no_grad():
+        models = SimpleNamespace(text_encoder=TextEncoder(TextEncoderConfig.sd15()).eval(),
+                                 unet=UNet(UNetConfig.sd15()).eval())
+        fuse_projections(models.text_encoder)
+        fuse_projections(models.unet)
+    state: dict[str, torch.Tensor] = {}
+    for component, prefix in (("text_encoder", "lora_te_"), ("unet", "lora_unet_")):
+        for name, m in _layers(models)[component].items():
+            if isinstance(m, nn.Linear) or name.endswith(("proj_in", "proj_out")):
+                key = prefix + name.replace(".", "_")
+                state[f"{key}.lora_down.weight"] = torch.randn(rank, m.weight[0].numel(), dtype=torch.float16)
+                state[f"{key}.lora_up.weight"] = torch.zeros(m.weight.shape[0], rank, dtype=torch.float16)
+                state[f"{key}.alpha"] = torch.tensor(float(rank))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.safetensors"
+        save_file(state, str(path))
+        size = path.stat().st_size / 2**20
+        for _ in range(2):
+            started = time.perf_counter()
+            handle = apply_loras(models, [(path, 1.0)])
+            applied = time.perf_counter() - started
+            started = time.perf_counter()
+            handle.restore()
+            log.info("%.0f MiB LoRA (%d layers): apply %.2f s, restore %.2f s", size, len(state) // 3, applied,
+                     time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    _benchmark()
