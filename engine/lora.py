@@ -183,9 +183,12 @@ def _name_table(models: Any, layers: dict[str, dict[str, nn.Module]]) -> dict[st
             table["unet." + diffusers] = ("unet", name)
         for s in spellings:
             table["lora_unet_" + s.replace(".", "_")] = ("unet", name)
+        table["diffusion_model." + name] = ("unet", name)  # ComfyUI's LoRA saver: LDM names, dotted
     for name in layers["text_encoder"]:
         table["lora_te_" + name.replace(".", "_")] = ("text_encoder", name)
         table["text_encoder." + name] = ("text_encoder", name)
+        table["text_encoder." + name.removeprefix("text_model.")] = ("text_encoder", name)  # transformers 5
+        table["text_encoders.clip_l.transformer." + name] = ("text_encoder", name)  # ComfyUI
     return table
 
 
@@ -202,12 +205,12 @@ def _foreign(path: Path, keys: Iterable[str]) -> str | None:
     for pattern, what in _OTHER_FORMATS:
         if any(pattern.search(k) for k in keys):
             return f"a {what} file: this format is not supported, only LoRA/LoCon"
-    if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.", "text_encoders.")) for k in keys) or any(
+    if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.", "text_encoders.clip_g.")) for k in keys) or any(
         "label_emb" in k or "add_embedding" in k for k in keys
     ):
         return "a LoRA for SDXL (two text encoders): only Stable Diffusion 1.x LoRAs are supported"
-    if any(k.startswith(("lora_transformer_", "transformer.", "diffusion_model.", "lora_unet_double_blocks"))
-           for k in keys):
+    if any(k.startswith(("lora_transformer_", "transformer.", "lora_unet_double_blocks", "lora_unet_single_"))
+           or re.match(r"diffusion_model\.(double|single|joint)_blocks\.", k) for k in keys):
         return "a LoRA for a transformer model (Flux/SD3/...): only Stable Diffusion 1.x LoRAs are supported"
     return None
 
@@ -401,8 +404,9 @@ def apply_loras(models: Any, loras: Sequence[LoraSpec]) -> LoraSet:
 
 
 def _benchmark(rank: int = 128) -> None:
-    """`python -m engine.lora`: merge and restore a LoRA of SD1.5 size (rank `rank` on every attention,
-    feed-forward and projection layer, as kohya's default) on a random fp32 SD1.5 text encoder + UNet."""
+    """`python -m engine.lora [device [dtype]]`: merge and restore a LoRA of SD1.5 size (rank `rank` on every attention,
+    feed-forward and projection layer, as kohya's default) on a random SD1.5 text encoder + UNet (fp32 CPU by default)."""
+    import sys
     import tempfile
     import time
     from types import SimpleNamespace
@@ -414,10 +418,12 @@ def _benchmark(rank: int = 128) -> None:
     from engine.config import TextEncoderConfig
     from engine.unet import UNet
 
+    device = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cpu")
+    dtype = getattr(torch, sys.argv[2]) if len(sys.argv) > 2 else torch.float32
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with torch.no_grad():
-        models = SimpleNamespace(text_encoder=TextEncoder(TextEncoderConfig.sd15()).eval(),
-                                 unet=UNet(UNetConfig.sd15()).eval())
+        models = SimpleNamespace(text_encoder=TextEncoder(TextEncoderConfig.sd15()).eval().to(device, dtype),
+                                 unet=UNet(UNetConfig.sd15()).eval().to(device, dtype))
         fuse_projections(models.text_encoder)
         fuse_projections(models.unet)
     state: dict[str, torch.Tensor] = {}

@@ -63,7 +63,11 @@ def random_lora(models, style: str, seed: int = 0, rank: int = 4) -> dict[str, t
                 spelled = name if style == "kohya_ldm" else diffusers_unet_name(name, models.unet.config)
             else:
                 spelled = name
-            if style == "peft":
+            if style == "comfy":
+                key = ("diffusion_model." if component == "unet" else "text_encoders.clip_l.transformer.") + name
+                out[f"{key}.lora_down.weight"], out[f"{key}.lora_up.weight"] = down, up
+                out[f"{key}.alpha"] = alpha
+            elif style == "peft":
                 key = f"{'unet' if component == 'unet' else 'text_encoder'}.{spelled}"
                 out[f"{key}.lora_A.weight"], out[f"{key}.lora_B.weight"] = down, up
             else:
@@ -302,3 +306,18 @@ def test_pipeline_set_loras(ckpt, tmp_path):
     pipe.set_loras([])
     assert all(torch.equal(v, original[k]) for k, v in pipe.unet.state_dict().items())
     assert pipe.lora_hashes == {}
+
+
+def test_comfyui_spelling_merges_like_kohya(ours, tmp_path):
+    """ComfyUI's LoRA saver: dotted LDM names under diffusion_model. and text_encoders.clip_l.transformer."""
+    merged = []
+    for style in ("kohya_ldm", "comfy"):
+        path = tmp_path / f"{style}.safetensors"
+        save_file(random_lora(ours, style, seed=9), str(path))
+        lora = read_lora(path, ours)
+        assert lora.unmatched == []
+        handle = apply_loras(ours, [(path, 0.9)])
+        merged.append({**{k: v.clone() for k, v in ours.unet.state_dict().items()},
+                       **{k: v.clone() for k, v in ours.text_encoder.state_dict().items()}})
+        handle.restore()
+    assert all(torch.equal(merged[0][k], merged[1][k]) for k in merged[0])
