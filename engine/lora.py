@@ -6,11 +6,14 @@ Formats read (`.safetensors`, or `.pt`/`.ckpt` through checkpoint.read_state_dic
     LDM spelling (`input_blocks_1_1_proj_in`) or the diffusers one (`down_blocks_0_attentions_0_proj_in`);
   * diffusers / PEFT: `unet.<module>.lora_A.weight` / `lora_B.weight`, `text_encoder.<module>...`, diffusers'
     own `.lora.down.weight` / `.lora.up.weight`, and the older attention-processor keys (`to_q_lora.down`).
-LyCORIS LoHa/LoKr/(IA)^3/OFT/DoRA and SD2/SDXL LoRAs are refused with a message saying which they are.
+  * LyCORIS LoHa (`.hada_w1_a` ...) and LoKr (`.lokr_w1`, `.lokr_w2_a` ...) in the same naming styles.
+Their CP-decomposed variants, (IA)^3, OFT, DoRA, GLoRA and SD2/SDXL/Flux LoRAs are refused with a message saying
+which they are.
 
 Maths (A1111 extensions-builtin/Lora: network_lora.py NetworkModuleLora.calc_updown, lyco_helpers.py
 rebuild_conventional / rebuild_cp_decomposition, network.py finalize_updown; diffusers' fuse_lora computes the
-same): W += multiplier * scale * up @ down, scale = alpha / rank (1 without alpha), multiplier the text-encoder
+same): W += multiplier * scale * up @ down (LoHa, LoKr: network_hada.py, network_lokr.py), scale = alpha / rank
+(1 without alpha), multiplier the text-encoder
 weight for `lora_te` modules and the UNet weight otherwise. Deltas are merged into the weights, so a step
 with LoRAs costs what a step without them costs; the originals of the touched tensors are kept (on the CPU)
 and copied back by LoraSet.restore().
@@ -50,12 +53,16 @@ _ROLES = [
     (".lora.down.weight", "down"), (".lora.up.weight", "up"),
     ("_lora.down.weight", "down"), ("_lora.up.weight", "up"),  # attention processors: to_q_lora.down.weight
     (".alpha", "alpha"),
+    *((f".hada_w{i}_{ab}", f"hada_w{i}_{ab}") for i in (1, 2) for ab in "ab"),
+    *((f".lokr_{n}", f"lokr_{n}") for n in ("w1_a", "w1_b", "w2_a", "w2_b", "w1", "w2")),
 ]
+_KINDS = {"down": "lora", "hada_w1_a": "loha", "lokr_w1": "lokr", "lokr_w1_a": "lokr"}
+_REQUIRED = {"lora": ("up", "down"), "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}
 
 # Marks of formats we do not merge (LyCORIS and relatives), and the name to give the user.
 _OTHER_FORMATS = [
-    (re.compile(r"\.hada_w\d_[ab]$|\.hada_t\d$"), "LyCORIS LoHa"),
-    (re.compile(r"\.lokr_w\d(_[ab])?$|\.lokr_t\d$"), "LyCORIS LoKr"),
+    (re.compile(r"\.hada_t\d$"), "LyCORIS LoHa with CP (Tucker) decomposition"),
+    (re.compile(r"\.lokr_t\d$"), "LyCORIS LoKr with CP (Tucker) decomposition"),
     (re.compile(r"\.oft_\w+$|\.oft_blocks$"), "LyCORIS OFT"),
     (re.compile(r"\.on_input$"), "LyCORIS (IA)^3"),
     (re.compile(r"\.dora_scale$|\.lora_magnitude_vector"), "DoRA"),
@@ -124,30 +131,79 @@ def _join_tail(prefix: str, tail: list[str], resnet: bool) -> str | None:
 
 @dataclass
 class LoraModule:
-    """One layer's low-rank update: up (out, r[, 1, 1]) @ [mid (r, r, kh, kw)] @ down (r, in[, kh, kw])."""
+    """One layer's update, by `kind` (tensors `w` by role, see _ROLES):
+      * "lora": up (out, r[, 1, 1]) @ [mid (r, r, kh, kw)] @ down (r, in[, kh, kw]);
+      * "loha": (hada_w1_a @ hada_w1_b) * (hada_w2_a @ hada_w2_b), elementwise (LyCORIS LoHa);
+      * "lokr": kron(lokr_w1 or lokr_w1_a @ lokr_w1_b, lokr_w2 or lokr_w2_a @ lokr_w2_b) (LyCORIS LoKr).
+    """
 
     component: str  # "text_encoder" or "unet"
     name: str  # our module name inside that component
-    up: torch.Tensor
-    down: torch.Tensor
-    mid: torch.Tensor | None = None
+    kind: str
+    w: dict[str, torch.Tensor]
     alpha: float | None = None
 
     @property
+    def dim(self) -> int | None:
+        """The rank alpha is divided by (A1111 network_lora.py / network_hada.py / network_lokr.py)."""
+        if self.kind == "lora":
+            return self.w["down"].shape[0]
+        if self.kind == "loha":
+            return self.w["hada_w1_b"].shape[0]
+        for role in ("lokr_w2_b", "lokr_w1_b"):
+            if role in self.w:
+                return self.w[role].shape[0]
+        return None
+
+    @property
     def scale(self) -> float:
-        """alpha / rank, or 1 without alpha (A1111 network.py NetworkModule.calc_scale)."""
-        return 1.0 if self.alpha is None else self.alpha / self.down.shape[0]
+        """alpha / rank, or 1 without either (A1111 network.py NetworkModule.calc_scale)."""
+        dim = self.dim
+        return 1.0 if self.alpha is None or not dim else self.alpha / dim
+
+    def update_shape(self) -> tuple[int, int]:
+        """(out, in * kh * kw) of the update, from the tensor shapes alone (nothing computed)."""
+        w = {k: v.reshape(v.shape[0], -1) for k, v in self.w.items() if k != "mid"}
+        if self.kind == "lora":
+            inner = w["down"].shape[1] * (math.prod(self.w["mid"].shape[2:]) if "mid" in self.w else 1)
+            return w["up"].shape[0], inner
+        if self.kind == "loha":
+            return w["hada_w1_a"].shape[0], w["hada_w1_b"].shape[1]
+        w1 = (w["lokr_w1"].shape if "lokr_w1" in w else (w["lokr_w1_a"].shape[0], w["lokr_w1_b"].shape[1]))
+        w2 = (w["lokr_w2"].shape if "lokr_w2" in w else (w["lokr_w2_a"].shape[0], w["lokr_w2_b"].shape[1]))
+        return w1[0] * w2[0], w1[1] * w2[1]
+
+    def consistent(self) -> bool:
+        """Whether the factors' inner dimensions agree (a matmul would not fail)."""
+        w = {k: v.reshape(v.shape[0], -1) for k, v in self.w.items() if k != "mid"}
+        pairs = {"lora": [("up", "down")], "loha": [("hada_w1_a", "hada_w1_b"), ("hada_w2_a", "hada_w2_b")],
+                 "lokr": [("lokr_w1_a", "lokr_w1_b"), ("lokr_w2_a", "lokr_w2_b")]}[self.kind]
+        ok = all(a not in w or b in w and w[a].shape[1] == w[b].shape[0] for a, b in pairs)
+        if self.kind == "lora" and "mid" in self.w:
+            mid = self.w["mid"]
+            ok = ok and mid.ndim == 4 and tuple(mid.shape[:2]) == (w["up"].shape[1], w["down"].shape[0])
+        if self.kind == "loha":
+            ok = ok and w["hada_w1_a"].shape[0] == w["hada_w2_a"].shape[0] and (
+                w["hada_w1_b"].shape[1] == w["hada_w2_b"].shape[1])
+        return ok
 
     def add_to(self, flat: torch.Tensor, multiplier: float) -> None:
-        """flat (out, in * kh * kw), fp32, += multiplier * scale * updown: one fused matmul-add per layer."""
-        up = self.up.to(flat.device, torch.float32).reshape(self.up.shape[0], -1)
-        down = self.down.to(flat.device, torch.float32).reshape(self.down.shape[0], -1)
-        if self.mid is None:  # lyco_helpers.rebuild_conventional
-            flat.addmm_(up, down, alpha=self.scale * multiplier)
-        else:  # lyco_helpers.rebuild_cp_decomposition
-            mid = self.mid.to(flat.device, torch.float32)
-            updown = torch.einsum("n m k l, i n, m j -> i j k l", mid, up, down)
-            flat.add_(updown.reshape(flat.shape), alpha=self.scale * multiplier)
+        """flat (out, in * kh * kw), fp32, += multiplier * scale * updown."""
+        w = {k: v.to(flat.device, torch.float32) for k, v in self.w.items()}
+        w2d = {k: v.reshape(v.shape[0], -1) for k, v in w.items() if k != "mid"}
+        alpha = self.scale * multiplier
+        if self.kind == "lora" and "mid" not in w:  # lyco_helpers.rebuild_conventional, as one addmm
+            flat.addmm_(w2d["up"], w2d["down"], alpha=alpha)
+            return
+        if self.kind == "lora":  # lyco_helpers.rebuild_cp_decomposition
+            updown = torch.einsum("n m k l, i n, m j -> i j k l", w["mid"], w2d["up"], w2d["down"])
+        elif self.kind == "loha":  # network_hada.py: (w1a @ w1b) * (w2a @ w2b)
+            updown = (w2d["hada_w1_a"] @ w2d["hada_w1_b"]) * (w2d["hada_w2_a"] @ w2d["hada_w2_b"])
+        else:  # network_lokr.py make_kron; a 4-D w2 flattened: the same element order as the 4-D kron
+            w1 = w2d["lokr_w1"] if "lokr_w1" in w2d else w2d["lokr_w1_a"] @ w2d["lokr_w1_b"]
+            w2 = w2d["lokr_w2"] if "lokr_w2" in w2d else w2d["lokr_w2_a"] @ w2d["lokr_w2_b"]
+            updown = torch.kron(w1, w2)
+        flat.add_(updown.reshape(flat.shape), alpha=alpha)
 
 
 @dataclass
@@ -204,7 +260,7 @@ def _foreign(path: Path, keys: Iterable[str]) -> str | None:
     keys = list(keys)
     for pattern, what in _OTHER_FORMATS:
         if any(pattern.search(k) for k in keys):
-            return f"a {what} file: this format is not supported, only LoRA/LoCon"
+            return f"a {what} file: this format is not supported, only LoRA/LoCon/LoHa/LoKr"
     if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.", "text_encoders.clip_g.")) for k in keys) or any(
         "label_emb" in k or "add_embedding" in k for k in keys
     ):
@@ -217,14 +273,14 @@ def _foreign(path: Path, keys: Iterable[str]) -> str | None:
 
 def _wrong_model(component: str, name: str, module: nn.Module, m: LoraModule) -> str:
     """A message for a shape mismatch, naming SD2/SDXL when the widths say so."""
-    width_in = m.down.reshape(m.down.shape[0], -1).shape[1]
+    out, width_in = m.update_shape()
     if component == "text_encoder" and width_in in (1024, 4096) or name.endswith("attn2.to_k") and width_in == 1024:
         return "a LoRA for Stable Diffusion 2.x (1024-wide text encoder): only SD 1.x LoRAs are supported"
     if component == "text_encoder" and width_in in (1280, 5120) or name.endswith("attn2.to_k") and width_in == 2048:
         return "a LoRA for SDXL (1280/2048-wide text features): only SD 1.x LoRAs are supported"
     return (
         f"made for a different model: layer {name} is {tuple(module.weight.shape)} here, the LoRA's "
-        f"update is ({m.up.shape[0]}, {width_in})"
+        f"update is ({out}, {width_in})"
     )
 
 
@@ -260,12 +316,14 @@ def read_lora(path: str | Path, models: Any) -> LoraFile:
         if target is None:
             unmatched.append(module_key)
             continue
-        if "up" not in parts or "down" not in parts:
-            raise CheckpointError(f"{path.name}: {module_key} lacks its lora_up or lora_down weight")
+        kind = next((k for role, k in _KINDS.items() if role in parts), None)
+        lokr_ok = ("lokr_w1" in parts or "lokr_w1_b" in parts) and ("lokr_w2" in parts or "lokr_w2_a" in parts
+                                                                    and "lokr_w2_b" in parts)
+        if kind is None or kind == "lokr" and not lokr_ok or any(r not in parts for r in _REQUIRED.get(kind, ())):
+            raise CheckpointError(f"{path.name}: {module_key} lacks some of its weights (has {', '.join(parts)})")
         component, name = target
-        alpha = parts.get("alpha")
-        m = LoraModule(component, name, parts["up"], parts["down"], parts.get("mid"),
-                       None if alpha is None else float(alpha.float().item()))
+        alpha = parts.pop("alpha", None)
+        m = LoraModule(component, name, kind, parts, None if alpha is None else float(alpha.float().item()))
         _check_shapes(path, m, layers[component][name])
         modules.append(m)
     if not modules:
@@ -283,16 +341,9 @@ def read_lora(path: str | Path, models: Any) -> LoraFile:
 
 def _check_shapes(path: Path, m: LoraModule, module: nn.Module) -> None:
     shape = tuple(module.weight.shape)
-    fan_in = math.prod(shape[1:])
-    rank = m.down.shape[0]
-    ok = m.up.ndim in (2, 4) and m.down.ndim in (2, 4) and m.up.shape[1] == rank and m.up.shape[0] == shape[0]
-    if ok and m.mid is not None:
-        ok = m.mid.ndim == 4 and tuple(m.mid.shape[:2]) == (rank, rank) and (
-            m.down.reshape(rank, -1).shape[1] * m.mid.shape[2] * m.mid.shape[3] == fan_in
-        )
-    elif ok:
-        ok = m.down.reshape(rank, -1).shape[1] == fan_in
-    if not ok:
+    if not m.consistent():
+        raise CheckpointError(f"{path.name}: the factors of {m.name} do not fit together")
+    if m.update_shape() != (shape[0], math.prod(shape[1:])):
         raise CheckpointError(f"{path.name}: {_wrong_model(m.component, m.name, module, m)}")
 
 
@@ -306,7 +357,10 @@ def normalize_specs(loras: Sequence[LoraSpec]) -> list[tuple[Path, float, float]
         if not isinstance(spec, (tuple, list)) or len(spec) not in (2, 3):
             raise ValueError(f"a LoRA is (path, weight) or (path, te_weight, unet_weight), got {spec!r}")
         path, te = Path(spec[0]), float(spec[1])
-        out.append((path, te, float(spec[2]) if len(spec) == 3 else te))
+        unet = float(spec[2]) if len(spec) == 3 else te
+        if not (math.isfinite(te) and math.isfinite(unet)):
+            raise ValueError(f"{path.name}: LoRA weights must be finite numbers, got {te}, {unet}")
+        out.append((path, te, unet))
     return out
 
 

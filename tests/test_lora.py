@@ -219,7 +219,7 @@ def test_hostile_pickle_is_refused_and_runs_nothing(ours, tmp_path, monkeypatch)
     assert not (tmp_path / "PWNED").exists()
 
 
-@pytest.mark.parametrize("kind", ["sdxl", "sd2", "loha", "nothing"])
+@pytest.mark.parametrize("kind", ["sdxl", "sd2", "loha_tucker", "nothing"])
 def test_foreign_files_are_refused(kind, ours, tmp_path):
     originals = {k: v.clone() for k, v in ours.unet.state_dict().items()}
     if kind == "sdxl":
@@ -231,10 +231,10 @@ def test_foreign_files_are_refused(kind, ours, tmp_path):
         key = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k"
         state[f"{key}.lora_down.weight"] = torch.zeros(4, 1024)
         message = "2.x"
-    elif kind == "loha":
-        state = {f"lora_unet_input_blocks_1_1_proj_in.hada_w{i}_{ab}": torch.zeros(4, 4)
-                 for i in (1, 2) for ab in "ab"}
-        message = "LoHa"
+    elif kind == "loha_tucker":
+        state = {f"lora_unet_input_blocks_1_1_proj_in.hada_{w}": torch.zeros(4, 4)
+                 for w in ("w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2")}
+        message = "LoHa with CP"
     else:
         state = {"some.weight": torch.zeros(3, 3)}
         message = "not a Stable Diffusion 1.x LoRA"
@@ -321,3 +321,48 @@ def test_comfyui_spelling_merges_like_kohya(ours, tmp_path):
                        **{k: v.clone() for k, v in ours.text_encoder.state_dict().items()}})
         handle.restore()
     assert all(torch.equal(merged[0][k], merged[1][k]) for k in merged[0])
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_lycoris_matches_peft(kind, ours, ckpt, tmp_path):
+    """LyCORIS LoHa/LoKr: our merged weights equal base + w * PEFT's get_delta_weight on the same factors."""
+    from peft import LoHaConfig, LoKrConfig, inject_adapter_in_model
+
+    clip, unet, _ = reference_models(read_state_dict(ckpt))
+    targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "to_q", "to_k", "to_v", "to_out.0",
+               "proj_in", "proj_out", "ff.net.2", "conv1", "conv2", "time_emb_proj"]
+    rank = 4
+    if kind == "loha":  # PEFT scales by alpha / r like A1111
+        config = LoHaConfig(r=rank, alpha=2.0, target_modules=targets, init_weights=False)
+    else:  # alpha = r: PEFT scales even unfactored LoKr by alpha / r, A1111 (and LyCORIS) by 1 there
+        config = LoKrConfig(r=rank, alpha=float(rank), target_modules=targets, init_weights=False)
+    torch.manual_seed(0)
+    names = {v: k for k, v in ((n, diffusers_unet_name(n, ours.unet.config)) for n in layers(ours.unet))}
+    state, deltas = {}, {}
+    for component, model in (("text_encoder", clip), ("unet", unet)):
+        inject_adapter_in_model(config, model)
+        for name, module in model.named_modules():
+            if not hasattr(module, "lokr_w1" if kind == "lokr" else "hada_w1_a"):
+                continue
+            ours_name = names[name] if component == "unet" else "text_model." + name.removeprefix("text_model.")
+            prefix = ("lora_unet_" if component == "unet" else "lora_te_") + ours_name.replace(".", "_")
+            for attr in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "lokr_w1", "lokr_w1_a", "lokr_w1_b",
+                         "lokr_w2", "lokr_w2_a", "lokr_w2_b"):
+                holder = getattr(module, attr, None)
+                if holder is not None and "default" in holder:
+                    holder["default"].data.mul_(0.3)  # PEFT's random init is large for a test
+                    state[f"{prefix}.{attr}"] = holder["default"].detach().clone()
+            state[f"{prefix}.alpha"] = torch.tensor(config.alpha)
+            deltas[(component, ours_name)] = module.get_delta_weight("default").detach()
+    assert len(deltas) > 40
+    path = tmp_path / f"{kind}.safetensors"
+    save_file(state, str(path))
+    originals = {(c, n): m.weight.detach().clone() for c in ("text_encoder", "unet")
+                 for n, m in layers(getattr(ours, c)).items()}
+    handle = apply_loras(ours, [(path, 0.7, 1.3)])
+    for (component, name), delta in deltas.items():
+        w = 0.7 if component == "text_encoder" else 1.3
+        got = dict(layers(getattr(ours, component)))[name].weight
+        expected = originals[(component, name)] + w * delta.reshape(got.shape)
+        assert rel_err(got - originals[(component, name)], expected - originals[(component, name)]) <= TOL, name
+    handle.restore()
