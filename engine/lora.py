@@ -13,10 +13,10 @@ which they are.
 Maths (A1111 extensions-builtin/Lora: network_lora.py NetworkModuleLora.calc_updown, lyco_helpers.py
 rebuild_conventional / rebuild_cp_decomposition, network.py finalize_updown; diffusers' fuse_lora computes the
 same): W += multiplier * scale * up @ down (LoHa, LoKr: network_hada.py, network_lokr.py), scale = alpha / rank
-(1 without alpha), multiplier the text-encoder
-weight for `lora_te` modules and the UNet weight otherwise. Deltas are merged into the weights, so a step
-with LoRAs costs what a step without them costs; the originals of the touched tensors are kept (on the CPU)
-and copied back by LoraSet.restore().
+(1 without alpha), multiplier the text-encoder weight for text-encoder modules and the UNet weight otherwise.
+Deltas are merged into the weights, so a step with LoRAs costs what a step without them costs; the originals
+of the touched tensors are kept (on the CPU, in their dtype: for a LoRA on every layer of an fp32 SD1.5 that is
+up to the model's size again, as A1111's weights backup) and copied back by LoraSet.restore().
 
 Our modules are named after the LDM keys (unet.py, clip.py), so an LDM-style name is our name with `_` for
 `.`; diffusers-style names are mapped by `diffusers_unet_name`, derived from the UNet config the same way
