@@ -393,7 +393,10 @@ class LoraSet:
 
     @_normal_mode
     def apply(self, loras: Sequence[tuple[LoraFile, float, float]]) -> None:
-        """Merge `(file, te_weight, unet_weight)` into the weights (on top of what is already merged)."""
+        """Merge `(file, te_weight, unet_weight)` into the weights (on top of what is already merged).
+
+        Should merging fail midway (out of memory), every LoRA is taken out again before the error is raised.
+        """
         layers = _layers(self.models)
         deltas: dict[tuple[str, str], list[tuple[LoraModule, float]]] = {}
         for lora, te, unet in loras:

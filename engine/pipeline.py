@@ -50,6 +50,8 @@ def load_pipeline(path: str | Path, device: str | torch.device = "auto", dtype: 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
+    if vae is not None and not Path(vae).is_file():  # before the seconds of loading the model
+        raise CheckpointError(f"no VAE file at {vae}")
     dev = resolve_device(device)
     model_dtype, vae_dtype = resolve_dtype(dtype, dev)
     started = time.perf_counter()

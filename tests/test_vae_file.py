@@ -108,3 +108,8 @@ def test_bad_vae_files_are_refused(ckpt, tmp_path):
     with pytest.raises(engine.CheckpointError, match="half.safetensors"):
         pipe.set_vae(half)
     assert pipe.vae is own
+
+
+def test_missing_vae_file_is_refused_before_loading(ckpt, tmp_path):
+    with pytest.raises(engine.CheckpointError, match="no VAE file"):
+        engine.load_pipeline(ckpt, device="cpu", dtype="fp32", vae=tmp_path / "missing.safetensors")
