@@ -366,3 +366,24 @@ def test_lycoris_matches_peft(kind, ours, ckpt, tmp_path):
         expected = originals[(component, name)] + w * delta.reshape(got.shape)
         assert rel_err(got - originals[(component, name)], expected - originals[(component, name)]) <= TOL, name
     handle.restore()
+
+
+def test_bf16_model_merges_in_fp32_and_restores_exactly(ckpt, tmp_path):
+    m16 = load_models(ckpt, device="cpu", dtype=torch.bfloat16)
+    m32 = load_models(ckpt, device="cpu", dtype=torch.float32)
+    path = tmp_path / "style.safetensors"
+    save_file({k: v.half() for k, v in random_lora(m32, "kohya_diffusers", seed=10).items()}, str(path))
+    originals = {k: v.clone() for k, v in m16.unet.state_dict().items()}
+    with torch.no_grad():  # the packed/fused inference layout in use
+        ids = torch.full((1, 77), 49407)
+        m16.unet(torch.randn(1, 4, 8, 8, dtype=torch.bfloat16), 500, m16.text_encoder(ids))
+    h16, h32 = apply_loras(m16, [(path, 0.8)]), apply_loras(m32, [(path, 0.8)])
+    merged16, merged32 = m16.unet.state_dict(), m32.unet.state_dict()
+    changed = [k for k in merged16 if not torch.equal(merged16[k], originals[k])]
+    assert len(changed) > 20
+    for k in changed:
+        assert merged16[k].dtype == torch.bfloat16
+        assert rel_err(merged16[k].float(), merged32[k]) <= 1e-2, k  # bf16 rounding of the fp32 result
+    h16.restore()
+    h32.restore()
+    assert all(torch.equal(v, originals[k]) for k, v in m16.unet.state_dict().items())
