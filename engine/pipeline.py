@@ -194,12 +194,12 @@ class Pipeline:
         """Load a textual-inversion file; returns the word that invokes it (the file stem unless `token`).
 
         Raises CheckpointError for unreadable or foreign files (SDXL, another text encoder width) and
-        ValueError for an empty or space-containing token; nothing is added then.
+        ValueError for an empty token; nothing is added then.
         """
         embedding = load_embedding(path)
         word = embedding.name if token is None else token
-        if not word or word != word.strip() or any(c.isspace() for c in word):
-            raise ValueError(f"an embedding's word must be non-empty without spaces, got {word!r}")
+        if not word.strip() or word != word.strip():  # inner spaces are fine: matched on token ids (A1111)
+            raise ValueError(f"an embedding's word must be non-empty, without surrounding spaces, got {word!r}")
         width = self.text_encoder.text_model.embeddings.token_embedding.weight.shape[1]
         check_width(embedding, width)
         dtype = self.text_encoder.text_model.embeddings.token_embedding.weight.dtype
