@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.checkpoint import read_state_dict
+from engine.checkpoint import advise_huge_pages, read_state_dict
 from engine.config import UNetConfig
 from engine.errors import CheckpointError
 from engine.layers import Conv2d as PackedConv2d
@@ -409,7 +409,7 @@ class LoraSet:
                 module = layers[component][name]
                 weight = _dense_weight(module)
                 if (component, name) not in self._originals:
-                    self._originals[(component, name)] = weight.detach().to("cpu", copy=True)
+                    self._originals[(component, name)] = _keep(weight)
                 _merge(weight, parts)
         except BaseException:
             self.restore()
@@ -424,6 +424,12 @@ class LoraSet:
             _dense_weight(layers[component][name]).copy_(original)
         self._originals.clear()
         self.loras.clear()
+
+
+def _keep(weight: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of `weight` (in fresh memory advised for huge pages, like the loaded model's own)."""
+    copy = advise_huge_pages(torch.empty(weight.shape, dtype=weight.dtype))
+    return copy.copy_(weight.detach())
 
 
 def _merge(weight: torch.Tensor, parts: list[tuple[LoraModule, float]]) -> None:
