@@ -74,6 +74,7 @@ class MainWindow(QMainWindow):
         self.tasks = AsyncTasks()
         self.host = WorkerHost(self)
         self.prompt_panel = PromptPanel(self.tasks, load_presets(paths.resource_path("presets.json")))
+        self.prompt_panel.set_emphasis(settings.emphasis)  # the token counters count as the encoder will
         self.init_panel = InitImagePanel(self.tasks)
         self.params_panel = ParamsPanel(engine.SAMPLERS, engine.DISPLAY_NAMES)
         self.run_bar = RunBar()
@@ -260,6 +261,7 @@ class MainWindow(QMainWindow):
             changed.append(f"{label} {str(value).upper() if name == 'rng' else value}")
         if changed:
             self.settings.sync()
+            self.prompt_panel.set_emphasis(self.settings.emphasis)
         return changed
 
     def output_dir(self) -> Path:
@@ -502,6 +504,7 @@ class MainWindow(QMainWindow):
     def apply_settings(self, new: SettingsValues) -> None:
         old = SettingsValues.from_settings(self.settings)
         new.save(self.settings)
+        self.prompt_panel.set_emphasis(new.emphasis)
         if new.output_dir != old.output_dir:
             self.reload_history()
         model_changed = (new.checkpoint, new.device, new.precision) != (self._checkpoint, old.device, old.precision)
