@@ -178,3 +178,17 @@ def test_settings_dialog_sampling_settings(qtbot, tmp_path):
     again.store.setValue("sampling/rng", "quantum")
     again.store.setValue("sampling/ensd", "lots")
     assert (again.rng, again.ensd) == ("cpu", 0)
+
+
+def test_a_variation_batch_keeps_the_seed_and_counts_a_random_variation_seed_up(qtbot, open_window,
+                                                                                  tiny_checkpoint):
+    window = open_window(checkpoint=tiny_checkpoint)
+    set_small_params(window, steps=2, batch_count=2, variation_strength=0.2, random_variation_seed=True)
+    assert window.current_params().variation_seed is None  # Random: chosen when the job runs
+    with qtbot.waitSignal(window.generationFinished, timeout=RUN_TIMEOUT_MS) as finished:
+        assert window.generate()
+    metas = [read_params(path) for path in finished.args[0]]
+    assert [m.seed for m in metas] == [1234, 1234]
+    first = metas[0].variation_seed
+    assert first is not None and [m.variation_seed for m in metas] == [first, first + 1]
+    assert {m.variation_strength for m in metas} == {0.2}
