@@ -84,6 +84,7 @@ class MainWindow(QMainWindow):
         self.unsaved = UnsavedImages(self.tasks, self)
         self.step_times = StepTimes(self.data_dir / "step_times.json")
         self.prompt_panel = PromptPanel(self.tasks, load_presets(paths.resource_path("presets.json")))
+        self.prompt_panel.set_emphasis(settings.emphasis)  # the token counters count as the encoder will
         self.init_panel = InitImagePanel(self.tasks)
         self.params_panel = ParamsPanel(engine.SAMPLERS, engine.DISPLAY_NAMES)
         self.run_bar = RunBar()
@@ -224,31 +225,63 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ parameters
     def current_params(self) -> GenerationParams:
-        """What the panels describe now; with an init image, img2img (the image fitted to the chosen size)."""
+        """What the panels describe now; with an init image, img2img (the image fitted to the chosen size).
+        The noise source, ENSD and emphasis mode come from the Settings."""
         values = self.params_panel.values()
         init = self.init_panel.fitted(values["width"], values["height"])
         return GenerationParams(prompt=self.prompt_panel.prompt(), negative_prompt=self.prompt_panel.negative_prompt(),
-                                init_image=init, strength=self.init_panel.strength(), **values)
+                                init_image=init, strength=self.init_panel.strength(), rng=self.settings.rng,
+                                ensd=self.settings.ensd, emphasis=self.settings.emphasis, **values)
 
     def set_params(self, params: GenerationParams) -> list[str]:
+        """Set the panels from ``params`` (the Settings' rng/ensd/emphasis are not touched)."""
         self.prompt_panel.set_prompts(params.prompt, params.negative_prompt)
         self.init_panel.set_strength(params.strength)
-        return self.params_panel.set_values(sampler=params.sampler, steps=params.steps, cfg_scale=params.cfg_scale,
-                                            seed=params.seed, random_seed=params.seed is None, width=params.width,
-                                            height=params.height, batch_count=params.batch_count)
+        return self.params_panel.set_values(
+            sampler=params.sampler, schedule=params.schedule, steps=params.steps, cfg_scale=params.cfg_scale,
+            seed=params.seed, random_seed=params.seed is None, width=params.width, height=params.height,
+            batch_count=params.batch_count, clip_skip=params.clip_skip, variation_seed=params.variation_seed,
+            random_variation_seed=params.variation_seed is None, variation_strength=params.variation_strength)
 
     def apply_image_params(self, meta: ImageParams) -> list[str]:
-        """Restore prompts and settings from an image's metadata; notes about adjusted values go to the status bar."""
+        """Restore prompts and settings from an image's metadata, the Settings' noise source, ENSD and emphasis
+        included. What could not be restored or had to change (``meta.notes``, the panels' notes) is said in
+        the status bar, as is a changed Setting; the notes are returned."""
         self.prompt_panel.set_prompts(meta.prompt, meta.negative_prompt)
-        # legacy_sampler: the combined name (dpmpp_2m_karras) until the panel has a schedule of its own
         notes = meta.notes + self.params_panel.set_values(
-            sampler=meta.legacy_sampler, steps=meta.steps, cfg_scale=meta.cfg_scale, seed=meta.seed,
-            random_seed=meta.seed is None, width=meta.width, height=meta.height)
+            sampler=meta.sampler, schedule=meta.schedule, steps=meta.steps, cfg_scale=meta.cfg_scale,
+            seed=meta.seed, random_seed=meta.seed is None, width=meta.width, height=meta.height,
+            clip_skip=meta.clip_skip, variation_seed=meta.variation_seed,
+            random_variation_seed=meta.variation_seed is None, variation_strength=meta.variation_strength)
         if meta.strength is not None:
             self.init_panel.set_strength(meta.strength)
-        message = "Parameters restored" + (f" (adjusted: {'; '.join(notes)})" if notes else "")
-        self.statusBar().showMessage(message, 6000)
+        changed = self._restore_sampling_settings(meta, notes)
+        message = "Parameters restored"
+        if changed:
+            message += f"; Settings now: {', '.join(changed)}"
+        if notes:
+            message += f" (not restored or adjusted: {'; '.join(notes)})"
+        self.statusBar().showMessage(message, 10000 if notes or changed else 6000)
         return notes
+
+    def _restore_sampling_settings(self, meta: ImageParams, notes: list[str]) -> list[str]:
+        """The Settings an image records (RNG, ENSD, emphasis), set as A1111's override settings would be;
+        returns what changed, in words."""
+        changed: list[str] = []
+        for name, value, label in (("rng", meta.rng, "random numbers"), ("ensd", meta.ensd, "ENSD"),
+                                   ("emphasis", meta.emphasis, "emphasis")):
+            if getattr(self.settings, name) == value:
+                continue
+            try:
+                setattr(self.settings, name, value)
+            except ValueError:
+                notes.append(f"{label} {value!r} is not available")
+                continue
+            changed.append(f"{label} {str(value).upper() if name == 'rng' else value}")
+        if changed:
+            self.settings.sync()
+            self.prompt_panel.set_emphasis(self.settings.emphasis)
+        return changed
 
     def output_dir(self) -> Path:
         chosen = self.settings.output_dir
@@ -587,6 +620,7 @@ class MainWindow(QMainWindow):
     def apply_settings(self, new: SettingsValues) -> None:
         old = SettingsValues.from_settings(self.settings)
         new.save(self.settings)
+        self.prompt_panel.set_emphasis(new.emphasis)
         if new.output_dir != old.output_dir:
             self.reload_history()
         model_changed = (new.checkpoint, new.device, new.precision) != (self._checkpoint, old.device, old.precision)

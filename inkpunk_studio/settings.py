@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+RNG_SOURCES = ("cpu", "nv")  # A1111's "CPU" and its Philox emulation of CUDA's randn ("NV"/"GPU")
+EMPHASIS_MODES = ("original", "no_norm", "ignore", "none", "comfy")  # engine.prompt.EMPHASIS_MODES
+MAX_ENSD = 2**63 - 1  # engine.request: ENSD shares the seed range
 
 
 class AppSettings:
@@ -101,6 +104,44 @@ class AppSettings:
     @preview_enabled.setter
     def preview_enabled(self, value: bool) -> None:
         self._s.setValue("ui/preview", bool(value))
+
+    # --- sampling (A1111 keeps these in its settings too; a restored image sets them)
+    @property
+    def rng(self) -> str:
+        """The noise source: "cpu" (default) or "nv" (A1111's GPU/NV noise, reproduced on any device)."""
+        return self._choice("sampling/rng", RNG_SOURCES)
+
+    @rng.setter
+    def rng(self, value: str) -> None:
+        if value not in RNG_SOURCES:
+            raise ValueError(f"rng must be one of {', '.join(RNG_SOURCES)}, got {value!r}")
+        self._s.setValue("sampling/rng", value)
+
+    @property
+    def ensd(self) -> int:
+        """A1111's eta noise seed delta (0: off)."""
+        value = self._s.value("sampling/ensd", 0)
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            return 0
+        return number if 0 <= number <= MAX_ENSD else 0
+
+    @ensd.setter
+    def ensd(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ENSD:
+            raise ValueError(f"ENSD must be an integer from 0 to {MAX_ENSD}, got {value!r}")
+        self._s.setValue("sampling/ensd", str(value))  # a string: ini files and 64-bit values survive
+
+    @property
+    def emphasis(self) -> str:
+        return self._choice("sampling/emphasis", EMPHASIS_MODES)
+
+    @emphasis.setter
+    def emphasis(self, value: str) -> None:
+        if value not in EMPHASIS_MODES:
+            raise ValueError(f"emphasis must be one of {', '.join(EMPHASIS_MODES)}, got {value!r}")
+        self._s.setValue("sampling/emphasis", value)
 
     # --- window
     def geometry(self) -> QByteArray | None:

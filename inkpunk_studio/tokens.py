@@ -28,3 +28,12 @@ def count_tokens(text: str) -> int:
     """CLIP tokens in ``text`` (thread-safe; the first call loads the tokenizer)."""
     warm_up_tokenizer()
     return engine.count_tokens(text)
+
+
+def count_prompt(text: str, emphasis: str = "original") -> tuple[int, int]:
+    """(tokens, limit) as A1111's token counter shows them ("80/150"): counted in 75-token chunks, BREAK and the
+    prompt's schedule included, <lora:...> tags left out (``engine.prompt.token_count``). Thread-safe."""
+    from engine.prompt import token_count  # torch-free; its tokenizer loads transformers, hence the warm-up
+
+    warm_up_tokenizer()
+    return token_count(text, emphasis)

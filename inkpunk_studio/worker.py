@@ -13,12 +13,13 @@ import asyncio
 import atexit
 import gc
 import logging
+import random
 import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,13 +40,24 @@ OOM_HINT = "Try a smaller image size or fewer images at once."
 HASH_WAIT_S = 5.0  # how long a finished image waits for the model hash still being computed (then: left out)
 
 
+# Values GenerationParams.from_dict accepts for its choice fields (anything else keeps the default).
+RNG_CHOICES = ("cpu", "nv")
+EMPHASIS_CHOICES = ("original", "no_norm", "ignore", "none", "comfy")  # engine.request.EMPHASIS_MODES
+
+
 @dataclass
 class GenerationParams:
-    """What the widgets describe: everything needed for one Generate click (widgets -> this -> worker)."""
+    """What the widgets describe: everything needed for one Generate click (widgets -> this -> worker).
+
+    ``schedule`` is an ``engine.SCHEDULE_NAMES`` entry ("automatic": the sampler's A1111 default). ``rng``,
+    ``ensd`` and ``emphasis`` come from the Settings; the rest from the side panel. A variation
+    (``variation_strength`` > 0) keeps the seed for every image of a batch and counts the variation seed up
+    instead, as A1111 does; ``variation_seed`` None there means a random one, chosen when the job runs.
+    """
 
     prompt: str = ""
     negative_prompt: str = ""
-    sampler: str = "dpmpp_2m_karras"
+    sampler: str = "dpmpp_2m"
     steps: int = 25
     cfg_scale: float = 7.5
     seed: int | None = None  # None: a random seed, chosen by the engine
@@ -54,23 +66,57 @@ class GenerationParams:
     batch_count: int = 1  # images made one after another with seed, seed + 1, ...
     init_image: Any = None  # PIL image for img2img (already fitted to width x height), or None
     strength: float = 0.75
+    schedule: str = "automatic"
+    clip_skip: int = 1
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
+    rng: str = "cpu"
+    ensd: int = 0
+    emphasis: str = "original"
 
     _PLAIN = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
-              "batch_count", "strength")
+              "batch_count", "strength", "schedule", "clip_skip", "variation_seed", "variation_strength", "rng",
+              "ensd", "emphasis")
+    _OPTIONAL_INTS = ("seed", "variation_seed")
 
-    def request(self, seed: int | None) -> engine.GenerationRequest:
-        """The engine request for one image of the batch (raises ValueError for bad values)."""
+    @property
+    def uses_variation(self) -> bool:
+        return bool(self.variation_strength)
+
+    def image_seeds(self, base_seed: int | None, index: int) -> tuple[int | None, int | None]:
+        """(seed, variation seed) of image ``index`` of the batch (A1111 ``process_images_inner``): seed + index,
+        or with a variation the same seed and variation seed + index. A None seed stays None (random)."""
+        if self.uses_variation:
+            if self.variation_seed is None:
+                raise ValueError("a variation strength needs a variation seed")
+            return base_seed, self.variation_seed + index
+        return None if base_seed is None else base_seed + index, self.variation_seed
+
+    def request(self, seed: int | None, variation_seed: int | None = None) -> engine.GenerationRequest:
+        """The engine request for one image of the batch (raises ValueError for bad values).
+        ``variation_seed`` defaults to the params' own."""
         return engine.GenerationRequest(
             prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps, cfg_scale=self.cfg_scale,
             width=self.width, height=self.height, seed=seed, sampler=self.sampler, batch_size=1,
-            init_image=self.init_image, strength=self.strength)
+            init_image=self.init_image, strength=self.strength, schedule=self.schedule, rng=self.rng,
+            clip_skip=self.clip_skip, emphasis=self.emphasis,
+            variation_seed=self.variation_seed if variation_seed is None else variation_seed,
+            variation_strength=self.variation_strength, ensd=self.ensd)
 
-    def image_params(self, seed: int, model_name: str = "", model_hash: str = "") -> ImageParams:
-        """Metadata for a saved image made with ``seed``."""
+    def image_params(self, seed: int, model_name: str = "", model_hash: str = "",
+                     variation_seed: int | None = None) -> ImageParams:
+        """Metadata for a saved image made with ``seed`` (and ``variation_seed``, default the params' own).
+        The schedule recorded is the one used: "automatic" resolved for the sampler, as A1111's ``get_sigmas``
+        writes its resolved label, so the text says "Schedule type: Karras" for DPM++ 2M."""
+        vseed = self.variation_seed if variation_seed is None else variation_seed
         return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
                            sampler=self.sampler, cfg_scale=self.cfg_scale, seed=seed, width=self.width,
                            height=self.height, model_name=model_name, model_hash=model_hash,
-                           strength=self.strength if self.init_image is not None else None)
+                           strength=self.strength if self.init_image is not None else None,
+                           schedule=engine.resolve_sampler(self.sampler, self.schedule)[1], clip_skip=self.clip_skip, rng=self.rng, ensd=self.ensd,
+                           emphasis=self.emphasis,
+                           variation_seed=vseed if self.uses_variation else None,
+                           variation_strength=float(self.variation_strength) if self.uses_variation else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (no init image) for QSettings."""
@@ -78,19 +124,34 @@ class GenerationParams:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationParams:
-        """Inverse of to_dict; keys of the wrong type are ignored (defaults stay)."""
+        """Inverse of to_dict; keys of the wrong type or with unknown names are ignored (defaults stay). An old
+        combined sampler name ("dpmpp_2m_karras", saved before issue 12) becomes its sampler and schedule."""
         params = cls()
         for name in cls._PLAIN:
             if name not in data:
                 continue
             value, default = data[name], getattr(params, name)
-            if name == "seed" and (value is None or (isinstance(value, int) and not isinstance(value, bool))):
-                params.seed = value
+            if name in cls._OPTIONAL_INTS:
+                if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+                    setattr(params, name, value)
             elif isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
                 setattr(params, name, float(value))
             elif type(value) is type(default):
                 setattr(params, name, value)
+        params._drop_unknown_names()
         return params
+
+    def _drop_unknown_names(self) -> None:
+        defaults = GenerationParams()
+        if self.sampler in engine.LEGACY_NAMES:
+            base, implied = engine.LEGACY_NAMES[self.sampler]
+            self.sampler = base
+            if self.schedule == "automatic":
+                self.schedule = implied
+        for name, choices in (("sampler", engine.SAMPLERS), ("schedule", engine.SCHEDULE_NAMES),
+                              ("rng", RNG_CHOICES), ("emphasis", EMPHASIS_CHOICES)):
+            if getattr(self, name) not in choices:
+                setattr(self, name, getattr(defaults, name))
 
 
 @dataclass
@@ -184,41 +245,45 @@ class GenerationWorker(QObject):
 
     def _run(self, job: GenerationJob, saved: list[str]) -> None:
         p = job.params
+        if p.uses_variation and p.variation_seed is None:  # "Random" variation seed: one per click, as A1111
+            p = replace(p, variation_seed=random.randrange(2**32))
         started = time.perf_counter()
         base_seed = p.seed
         for index in range(p.batch_count):
-            seed = None if base_seed is None else base_seed + index
-            request = p.request(seed)
+            seed, variation_seed = p.image_seeds(base_seed, index)
+            request = p.request(seed, variation_seed)
 
             def on_step(event: Any, index: int = index) -> None:
                 self._emit_progress(job, event, index, started)
 
             result = self._pipe.generate(request, on_step=on_step, cancel=job.cancel)
             if base_seed is None:  # the engine picked a random seed: the rest of the batch follows it
-                base_seed = result.seed - index
+                base_seed = result.seed if p.uses_variation else result.seed - index
             if job.cancel.is_set():  # cancelled during the last step: save nothing more
                 raise engine.Cancelled("generation cancelled")
-            self._keep(job, result.images[0], result.seed, index, saved)
+            self._keep(job, result.images[0], result.seed, index, saved,
+                       variation_seed if p.uses_variation else None)
 
-    def _metadata(self, params: GenerationParams, seed: int) -> ImageParams:
+    def _metadata(self, params: GenerationParams, seed: int, variation_seed: int | None) -> ImageParams:
         """The image's parameters; the model hash only if known within HASH_WAIT_S (it never costs an image)."""
         try:
             model_hash = self._pipe.wait_model_hash(HASH_WAIT_S)
         except Exception:
             log.exception("no model hash for the image's metadata")
             model_hash = ""
-        return params.image_params(seed, self._pipe.model_name, model_hash)
+        return params.image_params(seed, self._pipe.model_name, model_hash, variation_seed)
 
-    def _keep(self, job: GenerationJob, image: Any, seed: int, index: int, saved: list[str]) -> None:
+    def _keep(self, job: GenerationJob, image: Any, seed: int, index: int, saved: list[str],
+              variation_seed: int | None = None) -> None:
         """Save a finished image; if that fails, hand it to the GUI in memory (imageUnsaved) instead."""
-        meta = self._metadata(job.params, seed)
+        meta = self._metadata(job.params, seed, variation_seed)
         try:
             data = png_bytes(image, meta)
         except Exception:  # metadata that PNG text can't hold must not cost the image
             log.exception("could not write the parameters into the PNG; saving the image without them")
             data = png_bytes(image, None)
         info = {"seed": seed, "index": index, "count": job.params.batch_count, "image": history.to_qimage(image),
-                "params": meta}
+                "params": meta, "variation_seed": variation_seed}
         try:
             path = history.new_output_path(job.output_dir, seed)
             atomic_write_bytes(path, data)

@@ -170,7 +170,9 @@ def test_img2img_from_dropped_image_data_runs_through_the_worker(qtbot, open_win
     params = read_params(saved)
     assert params.strength == 0.5 and params.prompt == "nvinkpunk img2img"
     assert "Denoising strength: 0.5" in Image.open(saved).text["parameters"]
-    assert len(steps) == 2  # strength 0.5 of 4 steps: img2img starts halfway
+    # strength 0.5 of 4 steps: A1111 (sd_samplers_kdiffusion.sample_img2img) runs t_enc + 1 = int(0.5 * 4) + 1
+    # steps, from sigmas[steps - t_enc - 1]
+    assert len(steps) == 3
     assert Image.open(saved).size == (64, 64)
 
     # cleared: text-to-image again, and the metadata says so

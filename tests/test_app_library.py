@@ -88,7 +88,8 @@ def test_star_keeps_a_favorite_across_a_restart_with_search_and_restore(qtbot, o
     assert window.prompt_panel.prompt() == "nvinkpunk a starred fox"
     assert window.prompt_panel.negative_prompt() == "blurry"
     values = window.params_panel.values()
-    assert (values["sampler"], values["steps"], values["cfg_scale"], values["seed"]) == ("dpmpp_2m", 1, 7.5, 77)
+    assert (values["sampler"], values["schedule"], values["steps"], values["cfg_scale"], values["seed"]) == (
+        "dpmpp_2m", "karras", 1, 7.5, 77)
     assert (values["width"], values["height"]) == (64, 64)
 
     # show it on the canvas (the star knows it is a favorite), then use it as the init image

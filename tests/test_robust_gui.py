@@ -502,7 +502,7 @@ def test_prompt_panel_counts_tokens_without_the_worker_module() -> None:
     """Widgets reach the engine through a small service (inkpunk_studio.tokens), not the worker (issue 16)."""
     child = (
         "import sys, inkpunk_studio.widgets.prompt_panel as p; "
-        "print(p.count_tokens.__module__, 'inkpunk_studio.worker' in sys.modules)"
+        "print(p.count_prompt.__module__, 'inkpunk_studio.worker' in sys.modules)"
     )
     proc = subprocess.run(
         [sys.executable, "-c", child],

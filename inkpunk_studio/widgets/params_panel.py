@@ -1,4 +1,5 @@
-"""Sampler, steps, CFG, seed (dice / recycle), size (multiples of 64 with aspect presets) and batch count.
+"""Sampler and schedule, steps, CFG, seed (dice / recycle), size (multiples of 64 with aspect presets), batch
+count, and a collapsible "Advanced" section: clip skip and the variation seed and strength (A1111's subseed).
 
 Every control only accepts valid values (ranges, a validator on the size boxes), so a Generate click always
 describes a request the engine accepts.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QValidator
 from PySide6.QtWidgets import (
     QComboBox,
@@ -18,8 +19,11 @@ from PySide6.QtWidgets import (
     QMenu,
     QSpinBox,
     QToolButton,
+    QVBoxLayout,
     QWidget,
 )
+
+import engine
 
 from .seed_spin import MAX_SEED, RANDOM, SeedSpinBox, parse_int
 
@@ -29,6 +33,8 @@ LISTED_SIZES = tuple(range(256, MAX_SIZE + 1, SIZE_STEP))
 ASPECT_PRESETS = (("Square", 512, 512), ("Portrait 2:3", 512, 768), ("Landscape 3:2", 768, 512),
                   ("Portrait 3:4", 576, 768), ("Landscape 4:3", 768, 576), ("Wide 16:9", 896, 512))
 MAX_BATCH = 16
+MAX_CLIP_SKIP = 12  # engine.request.MAX_CLIP_SKIP
+VARIATION_DECIMALS = 2  # A1111's slider step is 0.01
 
 
 def nearest_size(value: int) -> int:
@@ -140,16 +146,31 @@ class ParamsPanel(QWidget):
 
     noteShown = Signal(str)
 
-    def __init__(self, samplers: tuple[str, ...], display_names: dict[str, str],
-                 parent: QWidget | None = None) -> None:
+    def __init__(self, samplers: tuple[str, ...] = engine.SAMPLERS,
+                 display_names: dict[str, str] = engine.DISPLAY_NAMES, parent: QWidget | None = None, *,
+                 schedules: tuple[str, ...] = engine.SCHEDULE_NAMES,
+                 schedule_labels: dict[str, str] = engine.SCHEDULE_LABELS,
+                 default_schedules: dict[str, str | None] = engine.DEFAULT_SCHEDULE) -> None:
+        """``default_schedules``: what "Automatic" means per sampler; None marks a sampler that walks its own
+        timesteps (DDIM, DDPM), for which the schedule combo is disabled."""
         super().__init__(parent)
         self.setObjectName("paramsPanel")
         self._last_seed: int | None = None
+        self._schedule_labels = dict(schedule_labels)
+        self._default_schedules = dict(default_schedules)
+        self._chosen_schedule = "automatic"  # kept while a timestep sampler disables the combo
+        self._switching = False
 
         self.sampler_combo = QComboBox(self)
         self.sampler_combo.setObjectName("samplerCombo")
         for name in samplers:
             self.sampler_combo.addItem(display_names.get(name, name), name)
+        self.schedule_combo = QComboBox(self)
+        self.schedule_combo.setObjectName("scheduleCombo")
+        for name in schedules:
+            self.schedule_combo.addItem(schedule_labels.get(name, name), name)
+        self.sampler_combo.currentIndexChanged.connect(self._sampler_changed)
+        self.schedule_combo.currentIndexChanged.connect(self._schedule_chosen)
 
         self.steps_spin = QSpinBox(self)
         self.steps_spin.setObjectName("stepsSpin")
@@ -194,16 +215,102 @@ class ParamsPanel(QWidget):
         self.batch_spin.setRange(1, MAX_BATCH)
         self.batch_spin.setToolTip("Images to make one after another (seed, seed + 1, …)")
 
+        self._build_advanced()
+
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.setHorizontalSpacing(10)
         form.setVerticalSpacing(6)
         form.addRow("Sampler", self.sampler_combo)
+        form.addRow("Schedule", self.schedule_combo)
         form.addRow("Steps", self.steps_spin)
         form.addRow("CFG scale", self.cfg_spin)
         form.addRow("Seed", self._row(self.seed_spin, self.random_seed_button, self.reuse_seed_button))
         form.addRow("Size", self._row(self.width_combo, self.swap_button, self.height_combo, self.aspect_button))
         form.addRow("Images", self.batch_spin)
+        form.addRow(self.advanced_button)
+        form.addRow(self.advanced_section)
+        self._sampler_changed()
+
+    def _build_advanced(self) -> None:
+        self.advanced_button = QToolButton(self)
+        self.advanced_button.setObjectName("advancedButton")
+        self.advanced_button.setText("Advanced")
+        self.advanced_button.setCheckable(True)
+        self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced_button.setAutoRaise(True)
+        self.advanced_button.toggled.connect(self.set_advanced_visible)
+
+        self.advanced_section = QWidget(self)
+        self.advanced_section.setObjectName("advancedSection")
+        self.clip_skip_spin = QSpinBox(self.advanced_section)
+        self.clip_skip_spin.setObjectName("clipSkipSpin")
+        self.clip_skip_spin.setRange(1, MAX_CLIP_SKIP)
+        self.clip_skip_spin.setToolTip("Use the output of an earlier CLIP layer (1 = the last; many anime "
+                                       "models want 2)")
+        self.variation_seed_spin = SeedSpinBox(self.advanced_section)
+        self.variation_seed_spin.setObjectName("variationSeedSpin")
+        self.variation_seed_spin.setToolTip("The seed of the noise mixed in (Random: a new one every time)")
+        self.variation_strength_spin = QDoubleSpinBox(self.advanced_section)
+        self.variation_strength_spin.setObjectName("variationStrengthSpin")
+        self.variation_strength_spin.setRange(0.0, 1.0)
+        self.variation_strength_spin.setSingleStep(0.05)
+        self.variation_strength_spin.setDecimals(VARIATION_DECIMALS)
+        self.variation_strength_spin.setToolTip("How much of the variation seed's noise to blend in (0 = off): "
+                                                "small values give variations of the same image")
+        inner = QFormLayout()
+        inner.setContentsMargins(12, 0, 0, 0)
+        inner.setVerticalSpacing(6)
+        inner.addRow("Clip skip", self.clip_skip_spin)
+        inner.addRow("Variation seed", self.variation_seed_spin)
+        inner.addRow("Variation strength", self.variation_strength_spin)
+        box = QVBoxLayout(self.advanced_section)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.addLayout(inner)
+        self.advanced_section.setVisible(False)
+
+    def set_advanced_visible(self, visible: bool) -> None:
+        """Expand or collapse the Advanced section."""
+        self.advanced_button.blockSignals(True)
+        self.advanced_button.setChecked(visible)
+        self.advanced_button.blockSignals(False)
+        self.advanced_button.setArrowType(Qt.ArrowType.DownArrow if visible else Qt.ArrowType.RightArrow)
+        self.advanced_section.setVisible(visible)
+
+    # --- sampler and schedule
+    def _sampler_changed(self, *_: object) -> None:
+        sampler = self.sampler_combo.currentData()
+        default = self._default_schedules.get(sampler)
+        own_steps = sampler in self._default_schedules and default is None
+        auto = self.schedule_combo.findData("automatic")
+        if auto >= 0:
+            label = self._schedule_labels.get("automatic", "Automatic")
+            self.schedule_combo.setItemText(
+                auto, label if default is None else f"{label} ({self._schedule_labels.get(default, default)})")
+        self._switching = True
+        if own_steps:
+            self._show_schedule("automatic")
+            self.schedule_combo.setToolTip(f"{self.sampler_combo.currentText()} walks its own timesteps: "
+                                           "the schedule does not apply")
+        else:
+            self._show_schedule(self._chosen_schedule)
+            self.schedule_combo.setToolTip("How the noise levels are spaced over the steps "
+                                           "(Automatic: the sampler's usual one)")
+        self.schedule_combo.setEnabled(not own_steps)
+        self._switching = False
+
+    def _schedule_chosen(self, *_: object) -> None:
+        if not self._switching and self.schedule_combo.isEnabled():
+            self._chosen_schedule = self.schedule_combo.currentData()
+
+    def _show_schedule(self, name: str) -> None:
+        index = self.schedule_combo.findData(name)
+        self.schedule_combo.setCurrentIndex(max(index, 0))
+
+    def schedule(self) -> str:
+        """The schedule in effect: "automatic" for samplers that walk their own timesteps."""
+        return self.schedule_combo.currentData() if self.schedule_combo.isEnabled() else "automatic"
 
     def _tool_button(self, name: str, text: str, tip: str) -> QToolButton:
         button = QToolButton(self)
@@ -250,28 +357,42 @@ class ParamsPanel(QWidget):
     def commit_edits(self) -> None:
         """Apply whatever is typed but not yet confirmed (a size box showing 4096 while its value is still
         512), so a Generate pressed from the keyboard uses what the boxes show."""
-        for spin in (self.steps_spin, self.cfg_spin, self.batch_spin):
+        for spin in (self.steps_spin, self.cfg_spin, self.batch_spin, self.clip_skip_spin,
+                     self.variation_seed_spin, self.variation_strength_spin):
             spin.interpretText()
         self.width_combo.commit()
         self.height_combo.commit()
 
     def values(self) -> dict:
-        return {"sampler": self.sampler_combo.currentData(), "steps": self.steps_spin.value(),
-                "cfg_scale": round(self.cfg_spin.value(), 2), "seed": self.seed_spin.seed(),
-                "width": self.width_combo.value(), "height": self.height_combo.value(),
-                "batch_count": self.batch_spin.value()}
+        """GenerationParams fields: sampler, schedule, steps, cfg_scale, seed, width, height, batch_count,
+        clip_skip, variation_seed (None: random), variation_strength."""
+        return {"sampler": self.sampler_combo.currentData(), "schedule": self.schedule(),
+                "steps": self.steps_spin.value(), "cfg_scale": round(self.cfg_spin.value(), 2),
+                "seed": self.seed_spin.seed(), "width": self.width_combo.value(),
+                "height": self.height_combo.value(), "batch_count": self.batch_spin.value(),
+                "clip_skip": self.clip_skip_spin.value(), "variation_seed": self.variation_seed_spin.seed(),
+                "variation_strength": round(self.variation_strength_spin.value(), VARIATION_DECIMALS)}
 
     def set_values(self, *, sampler: str | None = None, steps: int | None = None, cfg_scale: float | None = None,
                    seed: int | None = None, width: int | None = None, height: int | None = None,
-                   batch_count: int | None = None, random_seed: bool = False) -> list[str]:
-        """Set what is given; returns notes about values that had to be adjusted to fit the controls."""
+                   batch_count: int | None = None, random_seed: bool = False, schedule: str | None = None,
+                   clip_skip: int | None = None, variation_seed: int | None = None,
+                   variation_strength: float | None = None, random_variation_seed: bool = False) -> list[str]:
+        """Set what is given; returns notes about values that had to be adjusted to fit the controls or could
+        not be set. An old combined sampler name ("dpmpp_2m_karras") sets its sampler and schedule."""
         notes: list[str] = []
+        if sampler is not None and sampler in engine.LEGACY_NAMES:
+            sampler, implied = engine.LEGACY_NAMES[sampler]
+            schedule = implied if schedule in (None, "automatic") else schedule
         if sampler is not None:
             index = self.sampler_combo.findData(sampler)
             if index >= 0:
                 self.sampler_combo.setCurrentIndex(index)
             else:
                 notes.append(f"sampler {sampler!r} is not available")
+        if schedule is not None:
+            notes += self._set_schedule(schedule)
+        notes += self._set_advanced(clip_skip, variation_seed, variation_strength, random_variation_seed)
         for spin, value, label in ((self.steps_spin, steps, "steps"), (self.batch_spin, batch_count, "images")):
             if value is not None:
                 spin.setValue(int(value))
@@ -294,4 +415,42 @@ class ParamsPanel(QWidget):
         for combo, value, label in ((self.width_combo, width, "width"), (self.height_combo, height, "height")):
             if value is not None and combo.set_value(int(value)) != int(value):
                 notes.append(f"{label} {value} -> {combo.value()}")
+        return notes
+
+    def _set_schedule(self, schedule: str) -> list[str]:
+        if self.schedule_combo.findData(schedule) < 0:
+            return [f"schedule {schedule!r} is not available"]
+        if not self.schedule_combo.isEnabled():
+            # a timestep sampler ignores the schedule: keep the choice for the next sampler, say nothing
+            if schedule != "automatic":
+                self._chosen_schedule = schedule
+            return []
+        self._chosen_schedule = schedule
+        self._show_schedule(schedule)
+        return []
+
+    def _set_advanced(self, clip_skip: int | None, variation_seed: int | None, variation_strength: float | None,
+                      random_variation_seed: bool) -> list[str]:
+        notes: list[str] = []
+        if clip_skip is not None:
+            self.clip_skip_spin.setValue(int(clip_skip))
+            if self.clip_skip_spin.value() != int(clip_skip):
+                notes.append(f"clip skip {clip_skip} -> {self.clip_skip_spin.value()}")
+        if random_variation_seed:
+            self.variation_seed_spin.setValue(RANDOM)
+        elif variation_seed is not None:
+            self.variation_seed_spin.setValue(variation_seed)
+            if self.variation_seed_spin.value() != int(variation_seed):
+                notes.append(f"variation seed {variation_seed} -> "
+                             f"{self.variation_seed_spin.textFromValue(self.variation_seed_spin.value())}")
+        if variation_strength is not None:
+            if not math.isfinite(float(variation_strength)):
+                notes.append(f"variation strength {variation_strength} is not a number")
+            else:
+                self.variation_strength_spin.setValue(float(variation_strength))
+                if abs(self.variation_strength_spin.value() - float(variation_strength)) > 1e-9:
+                    notes.append(f"variation strength {variation_strength} -> "
+                                 f"{self.variation_strength_spin.value():g}")
+        if self.clip_skip_spin.value() != 1 or self.variation_strength_spin.value() > 0:
+            self.set_advanced_visible(True)  # a restored setting that changes the image is in view
         return notes

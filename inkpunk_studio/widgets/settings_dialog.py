@@ -1,4 +1,5 @@
-"""The Settings dialog: checkpoint, device, precision, output folder, live preview."""
+"""The Settings dialog: checkpoint, device, precision, output folder, live preview, and the sampling settings
+A1111 keeps in its settings too (random number source, ENSD, emphasis mode)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from .. import paths
-from ..settings import DEVICES, PRECISIONS, AppSettings
+from ..settings import DEVICES, EMPHASIS_MODES, PRECISIONS, RNG_SOURCES, AppSettings
 
 CHECKPOINT_FILTER = "Stable Diffusion checkpoints (*.safetensors *.ckpt);;All files (*)"
 
@@ -29,6 +31,11 @@ _DEVICE_LABELS = {"auto": "Automatic (CUDA, then Apple MPS, then CPU)", "cuda": 
                   "mps": "Apple Metal (MPS)", "cpu": "CPU"}
 _PRECISION_LABELS = {"auto": "Automatic (fp16 on GPU, fp32 on CPU)", "fp32": "fp32 (full)",
                      "fp16": "fp16 (half)", "bf16": "bf16 (bfloat16)"}
+RNG_LABELS = {"cpu": "CPU", "nv": "NV (GPU-compatible)"}
+# A1111's option labels (modules/sd_emphasis.py: options)
+EMPHASIS_LABELS = {"original": "Original", "no_norm": "No norm", "ignore": "Ignore", "none": "None",
+                   "comfy": "Comfy"}
+MAX_ENSD_SPIN = 2**31 - 1  # QSpinBox's limit; A1111's usual ENSD is 31337
 
 
 @dataclass
@@ -38,11 +45,14 @@ class SettingsValues:
     precision: str
     output_dir: str
     preview_enabled: bool
+    rng: str = "cpu"
+    ensd: int = 0
+    emphasis: str = "original"
 
     @classmethod
     def from_settings(cls, settings: AppSettings) -> SettingsValues:
         return cls(settings.checkpoint, settings.device, settings.precision, settings.output_dir,
-                   settings.preview_enabled)
+                   settings.preview_enabled, settings.rng, settings.ensd, settings.emphasis)
 
     def save(self, settings: AppSettings) -> None:
         settings.checkpoint = self.checkpoint
@@ -50,6 +60,9 @@ class SettingsValues:
         settings.precision = self.precision
         settings.output_dir = self.output_dir
         settings.preview_enabled = self.preview_enabled
+        settings.rng = self.rng
+        settings.ensd = self.ensd
+        settings.emphasis = self.emphasis
         settings.sync()
 
 
@@ -81,6 +94,18 @@ class SettingsDialog(QDialog):
         self.preview_check.setObjectName("previewCheck")
         self.preview_check.setChecked(values.preview_enabled)
 
+        self.rng_combo = self._choices("rngCombo", RNG_SOURCES, RNG_LABELS, values.rng)
+        self.rng_combo.setToolTip("Where the starting noise comes from. NV reproduces images made with A1111's "
+                                  "GPU or NV setting, on any device; CPU is A1111's CPU setting.")
+        self.ensd_spin = QSpinBox(self)
+        self.ensd_spin.setObjectName("ensdSpin")
+        self.ensd_spin.setRange(0, MAX_ENSD_SPIN)
+        self.ensd_spin.setValue(min(values.ensd, MAX_ENSD_SPIN))
+        self.ensd_spin.setToolTip("Eta noise seed delta: shifts the seed of the noise that ancestral and SDE "
+                                  "samplers add (A1111's ENSD; 0 = off)")
+        self.emphasis_combo = self._choices("emphasisCombo", EMPHASIS_MODES, EMPHASIS_LABELS, values.emphasis)
+        self.emphasis_combo.setToolTip("How (weights) in the prompt are applied (A1111's Emphasis mode)")
+
         note = QLabel("Changing the checkpoint, device or precision reloads the model.", self)
         note.setProperty("role", "hint")
         self.error_label = QLabel("", self)
@@ -94,6 +119,9 @@ class SettingsDialog(QDialog):
         form.addRow("Precision", self.precision_combo)
         form.addRow("Output folder", self._pair(self.output_edit, browse_output))
         form.addRow("", self.preview_check)
+        form.addRow("Random numbers", self.rng_combo)
+        form.addRow("ENSD", self.ensd_spin)
+        form.addRow("Emphasis", self.emphasis_combo)
 
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel,
                                    self)
@@ -153,4 +181,6 @@ class SettingsDialog(QDialog):
                               device=self.device_combo.currentData(),
                               precision=self.precision_combo.currentData(),
                               output_dir=self.output_edit.text().strip(),
-                              preview_enabled=self.preview_check.isChecked())
+                              preview_enabled=self.preview_check.isChecked(),
+                              rng=self.rng_combo.currentData(), ensd=self.ensd_spin.value(),
+                              emphasis=self.emphasis_combo.currentData())
