@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; SD 1.x works at 512-1024 px, so this is generous
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageLoadError(ValueError):
@@ -51,18 +53,22 @@ def load_image(source: str | Path | bytes | Image.Image, *, max_pixels: int = DE
         raise TypeError(f"load_image() takes a path, bytes or a PIL image, not {type(source).__name__}")
 
     try:
-        with warnings.catch_warnings():
-            # Pillow warns above its own limit and raises at twice it; both mean "bomb" here.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(stream) as img:
-                _check_pixels(img.size, max_pixels)
-                img.seek(0)  # animated images: the first frame
-                img.load()
-                return normalise(img)
+        try:
+            return _decode(stream, max_pixels)
+        except ValueError as e:
+            if "MAX_TEXT" not in str(e):
+                raise
+            # Pillow refuses text chunks that inflate past 1 MiB (a 10 MB ComfyUI workflow): the pixels don't
+            # need them, so decode a copy without its text chunks (metadata.read_params reads those itself).
+            data = stream.read_bytes() if isinstance(stream, Path) else stream.getvalue()
+            return _decode(io.BytesIO(_without_png_text(data)), max_pixels)
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageLoadError(f"The image is too large to open safely ({e}).") from e
+        # Pillow's message quotes its own limit; the person needs ours
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        size = f": {int(m.group(1)) / 1e6:.0f} megapixels" if m else ""
+        raise ImageLoadError(f"The image is too large{size} (the limit is {max_pixels / 1e6:.0f} megapixels).") from e
     except Image.UnidentifiedImageError as e:
         raise ImageLoadError("This is not an image, or not a format that can be read.") from e
     except OSError as e:
@@ -72,6 +78,32 @@ def load_image(source: str | Path | bytes | Image.Image, *, max_pixels: int = DE
     except (SyntaxError, ValueError, EOFError, MemoryError, IndexError, KeyError, TypeError) as e:
         # Pillow's decoders raise these for broken files
         raise ImageLoadError("The image file is truncated or damaged.") from e
+
+
+def _decode(stream: io.BytesIO | Path, max_pixels: int) -> Image.Image:
+    with warnings.catch_warnings():
+        # Pillow warns above its own limit and raises at twice it; both mean "bomb" here.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(stream) as img:
+            _check_pixels(img.size, max_pixels)
+            img.seek(0)  # animated images: the first frame
+            img.load()
+            return normalise(img)
+
+
+def _without_png_text(data: bytes) -> bytes:
+    """The PNG ``data`` with its tEXt/zTXt/iTXt chunks left out (chunks are copied as they are, CRCs included)."""
+    if not data.startswith(_PNG_SIGNATURE):
+        raise ValueError("not a PNG")
+    out = [data[:8]]
+    pos = 8
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        end = pos + 12 + length
+        if data[pos + 4:pos + 8] not in (b"tEXt", b"zTXt", b"iTXt"):
+            out.append(data[pos:end])
+        pos = end
+    return b"".join(out)
 
 
 def _check_bytes(size: int, max_bytes: int) -> None:

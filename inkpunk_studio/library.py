@@ -328,7 +328,7 @@ class Library:
 
     def _insert(self, path: Path, params: ImageParams, created: float, thumbnail: bytes, digest: str,
                 unique: bool = False) -> Favorite:
-        extra = dict(params.extra)
+        extra = params.stored_extra()  # the fields without a column of their own (schedule, RNG, ...) too
         seed = params.seed
         if seed is not None and not -_INT64 <= seed < _INT64:  # SQLite integers are 64-bit
             extra.setdefault("Seed", str(seed))
@@ -344,7 +344,7 @@ class Library:
                 " width, height, model_name, model_hash, strength, extra, thumbnail, content_hash) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (created, path.name, params.prompt, params.negative_prompt, seed, int(params.steps),
-                 float(params.cfg_scale), params.sampler, int(params.width), int(params.height),
+                 float(params.cfg_scale), params.sampler or "", int(params.width), int(params.height),
                  params.model_name, params.model_hash, params.strength, json.dumps(extra, ensure_ascii=False),
                  sqlite3.Binary(thumbnail), digest))
             fav_id = int(cur.lastrowid)
@@ -390,10 +390,10 @@ class Library:
                 extra_dict = {}
         except ValueError:
             extra_dict = {}
-        params = ImageParams(prompt=prompt, negative_prompt=negative, steps=steps, sampler=sampler,
-                             cfg_scale=cfg, seed=seed, width=width, height=height, strength=strength,
-                             model_name=model_name, model_hash=model_hash,
-                             extra={str(k): str(v) for k, v in extra_dict.items()})
+        params = ImageParams.from_stored(sampler, {str(k): str(v) for k, v in extra_dict.items()}, prompt=prompt,
+                                         negative_prompt=negative, steps=steps, cfg_scale=cfg, seed=seed,
+                                         width=width, height=height, strength=strength, model_name=model_name,
+                                         model_hash=model_hash)
         return Favorite(fav_id, params, self.images_dir / file, created, bool(missing), thumbnail)
 
     @translated

@@ -49,7 +49,7 @@ def _caption(path: str, params: ImageParams | None) -> str:
     name = Path(path).name
     if params is None:
         return name
-    sampler = DISPLAY_NAMES.get(params.sampler, params.sampler)
+    sampler = DISPLAY_NAMES.get(params.sampler or "", params.sampler or "unknown sampler")
     return f"{name}  ·  seed {params.seed}  ·  {params.width}×{params.height}  ·  {sampler}, {params.steps} steps"
 
 
@@ -221,9 +221,10 @@ class MainWindow(QMainWindow):
     def apply_image_params(self, meta: ImageParams) -> list[str]:
         """Restore prompts and settings from an image's metadata; notes about adjusted values go to the status bar."""
         self.prompt_panel.set_prompts(meta.prompt, meta.negative_prompt)
-        notes = self.params_panel.set_values(sampler=meta.sampler, steps=meta.steps, cfg_scale=meta.cfg_scale,
-                                             seed=meta.seed, random_seed=meta.seed is None, width=meta.width,
-                                             height=meta.height)
+        # legacy_sampler: the combined name (dpmpp_2m_karras) until the panel has a schedule of its own
+        notes = meta.notes + self.params_panel.set_values(
+            sampler=meta.legacy_sampler, steps=meta.steps, cfg_scale=meta.cfg_scale, seed=meta.seed,
+            random_seed=meta.seed is None, width=meta.width, height=meta.height)
         if meta.strength is not None:
             self.init_panel.set_strength(meta.strength)
         message = "Parameters restored" + (f" (adjusted: {'; '.join(notes)})" if notes else "")

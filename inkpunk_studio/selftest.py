@@ -224,7 +224,7 @@ def _check_image(path: Path, params: Any, sampler: str, model_name: str, what: s
         "seed": SEED,
         "width": SIZE,
         "height": SIZE,
-        "sampler": sampler,
+        "legacy_sampler": sampler,  # the combo's name; the file holds it as sampler + schedule
         "model_name": model_name,
     }
     wrong = {k: getattr(params, k) for k, v in expected.items() if getattr(params, k) != v}

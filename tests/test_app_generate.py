@@ -39,7 +39,7 @@ def test_generate_saves_png_with_parameters_and_a_preview_per_step(qtbot, open_w
     assert params.prompt == "nvinkpunk a fox, ink splatter"
     assert params.negative_prompt == "blurry"
     assert (params.seed, params.steps, params.width, params.height) == (1234, 4, 64, 64)
-    assert params.sampler == "dpmpp_2m_karras" and params.model_name == "tiny"
+    assert (params.sampler, params.schedule, params.model_name) == ("dpmpp_2m", "karras", "tiny")
     # one event per step, each with a preview image at latent resolution
     assert [e["step"] for e in events] == [1, 2, 3, 4]
     assert all(e["preview"] is not None and e["preview"].width() == 8 for e in events)

@@ -31,8 +31,9 @@ def test_generate_writes_png_with_parameters(tiny_ckpt, tmp_path, capsys):
     with Image.open(out) as image:
         assert image.size == (64, 64)
         text = image.text["parameters"]
-    assert text.startswith("nvinkpunk a fox, ink\nNegative prompt: blurry\nSteps: 3, Sampler: Euler, CFG scale: 7.5, ")
-    assert "Seed: 42, Size: 64x64, Model hash: " in text and text.endswith("Model: tiny-model")
+    assert text.startswith("nvinkpunk a fox, ink\nNegative prompt: blurry\nSteps: 3, Sampler: Euler, "
+                           "Schedule type: Automatic, CFG scale: 7.5, ")
+    assert "Seed: 42, Size: 64x64, Model hash: " in text and text.endswith("Model: tiny-model, RNG: CPU")
     params = read_params(out)
     assert (params.seed, params.steps, params.sampler, params.width) == (42, 3, "euler", 64)
 

@@ -222,3 +222,31 @@ def test_fit_to_size_covers_and_crops_centre() -> None:
     assert tall.size == (128, 64)
     with pytest.raises(ValueError):
         fit_to_size(img, 0, 64)
+
+
+def _with_chunks_before_idat(png: bytes, *chunks: bytes) -> bytes:
+    at = png.index(b"IDAT") - 4
+    return png[:at] + b"".join(chunks) + png[at:]
+
+
+def test_huge_compressed_metadata_chunk_does_not_refuse_the_image() -> None:
+    """Issue 11: a 10 MB (compressed) workflow chunk made Pillow refuse the file as 'truncated or damaged'."""
+    rng = np.random.default_rng(0)
+    text = rng.bytes(11_000_000).hex().encode()  # 22 MB of hex digits: about 11 MB compressed
+    ztxt = _chunk(b"zTXt", b"workflow\0\0" + zlib.compress(text, 1))
+    assert len(ztxt) > 10_000_000
+    img = Image.new("RGB", (16, 8), (200, 40, 10))
+    data = _with_chunks_before_idat(_png_bytes(img), ztxt)
+    with pytest.raises(ValueError, match="MAX_TEXT"):  # what Pillow alone does with it
+        Image.open(io.BytesIO(data)).load()
+    out = load_image(data)
+    assert out.size == (16, 8) and out.getpixel((3, 3)) == (200, 40, 10)
+
+
+def test_bomb_message_quotes_our_limit(tmp_path: Path) -> None:
+    """Issue 11: 20000x20000 was refused quoting Pillow's 179 MP limit, not the app's 64 MP."""
+    data = _bomb_png(20_000, 20_000, with_data=False)
+    with pytest.raises(ImageLoadError) as err:
+        load_image(data)
+    assert "400 megapixels" in str(err.value) and "the limit is 64 megapixels" in str(err.value)
+    assert "178956970" not in str(err.value) and "DOS" not in str(err.value)  # nothing of Pillow's message

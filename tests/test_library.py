@@ -96,7 +96,7 @@ def test_huge_seed_and_same_second_names(lib: Library) -> None:
     b = lib.add(_img(), _params("x", seed=2**64 - 1))
     assert a.path != b.path
     got = lib.get(a.id)
-    assert got is not None and got.params.extra["Seed"] == str(2**64 - 1)
+    assert got is not None and got.params.seed == 2**64 - 1  # kept in the extra JSON, read back as the seed
 
 
 def test_remove_keeping_the_file_is_not_readopted(tmp_path: Path) -> None:

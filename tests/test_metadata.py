@@ -48,28 +48,53 @@ def test_parse_known_a1111_string() -> None:
     assert p is not None
     assert p.prompt == "nvinkpunk portrait of a woman, (neon:1.2), detailed\nsecond line of the prompt"
     assert p.negative_prompt == "blurry, lowres"
-    assert (p.steps, p.sampler, p.cfg_scale, p.seed) == (30, "dpmpp_2m_karras", 7.0, 1234567890)
+    assert (p.steps, p.sampler, p.schedule, p.cfg_scale, p.seed) == (30, "dpmpp_2m", "karras", 7.0, 1234567890)
     assert (p.width, p.height) == (512, 768)
     assert (p.model_hash, p.model_name, p.strength) == ("9a1b2c3d4e", "Inkpunk-Diffusion-v2", 0.6)
-    assert p.extra == {"Clip skip": "2", "Lora hashes": "ink: abc123, punk: def456", "Version": "v1.7.0"}
+    assert (p.clip_skip, p.rng, p.version, p.lora_hashes) == (2, "nv", "v1.7.0", {"ink": "abc123", "punk": "def456"})
+    assert p.extra == {} and p.notes == [] and p.legacy_sampler == "dpmpp_2m_karras"
 
 
 @pytest.mark.parametrize(
-    ("sampler_part", "expected", "extra"),
+    ("sampler_part", "sampler", "schedule", "extra"),
     [
-        ("Sampler: DPM++ 2M, Schedule type: Karras", "dpmpp_2m_karras", {}),
-        ("Sampler: DPM++ 2M", "dpmpp_2m", {}),
-        ("Sampler: Euler a", "euler_a", {}),
-        ("Sampler: Euler", "euler", {}),
-        ("Sampler: DDIM", "ddim", {}),
-        ("Sampler: DDPM", "ddpm", {}),
-        ("Sampler: Euler, Schedule type: Karras", "euler", {"Schedule type": "Karras"}),
-        ("Sampler: UniPC", "dpmpp_2m_karras", {"Sampler": "UniPC"}),
+        ("Sampler: DPM++ 2M, Schedule type: Karras", "dpmpp_2m", "karras", {}),
+        ("Sampler: DPM++ 2M, Schedule type: Automatic", "dpmpp_2m", "automatic", {}),
+        ("Sampler: DPM++ 2M Karras", "dpmpp_2m", "karras", {}),  # legacy suffix
+        ("Sampler: DPM++ 2M", "dpmpp_2m", "uniform", {}),  # no Schedule type: <= 1.8, unsuffixed meant Uniform
+        ("Sampler: DPM++ 2M, Version: v1.10.1", "dpmpp_2m", "automatic", {}),
+        ("Sampler: DPM++ 2M SDE Karras", "dpmpp_2m_sde", "karras", {}),
+        ("Sampler: DPM++ 3M SDE Exponential", "dpmpp_3m_sde", "exponential", {}),
+        ("Sampler: DPM2 a Karras", "dpm2_a", "karras", {}),
+        ("Sampler: LMS Karras", "lms", "karras", {}),
+        ("Sampler: k_dpmpp_2m_ka", "dpmpp_2m", "karras", {}),
+        ("Sampler: Euler a", "euler_a", "uniform", {}),
+        ("Sampler: Euler Ancestral Karras", "euler_a", "karras", {}),  # Stability Matrix's spelling
+        ("Sampler: Heun, Schedule type: SGM Uniform", "heun", "sgm_uniform", {}),
+        ("Sampler: DPM++ SDE, Schedule type: karras", "dpmpp_sde", "karras", {}),  # v1.8's lower-case field
+        ("Sampler: DPM++ 2S a, Schedule type: Polyexponential", "dpmpp_2s_a", "polyexponential", {}),
+        ("Sampler: DDIM", "ddim", "automatic", {}),
+        ("Sampler: UniPC", "unipc", "automatic", {}),
+        ("Sampler: DDPM", "ddpm", "automatic", {}),
+        ("Sampler: euler_ancestral_karras", "euler_a", "karras", {}),  # ComfyUI's A1111-style savers
+        ("Sampler: DPM++ 2M SDE Heun, Schedule type: Exponential", None, "exponential",
+         {"Sampler": "DPM++ 2M SDE Heun"}),
+        ("Sampler: Restart", None, None, {"Sampler": "Restart"}),
+        ("Sampler: Euler, Schedule type: Align Your Steps", "euler", None, {"Schedule type": "Align Your Steps"}),
+        ("Sampler: DPM++ 2M Beta", "dpmpp_2m", None, {"Schedule type": "Beta"}),
     ],
 )
-def test_sampler_names(sampler_part: str, expected: str, extra: dict) -> None:
+def test_sampler_names(sampler_part: str, sampler: str | None, schedule: str | None, extra: dict) -> None:
     p = ImageParams.from_parameters_text(f"a cat\n{sampler_part}, Steps: 20, CFG scale: 5, Seed: 1, Size: 64x64")
-    assert p is not None and p.sampler == expected and p.extra == extra
+    assert p is not None and (p.sampler, p.schedule) == (sampler, schedule)
+    assert {k: v for k, v in p.extra.items() if k != "Version"} == extra
+    # what we could not restore is named, never replaced by something else
+    assert bool(p.notes) == (sampler is None or schedule is None)
+    if p.notes:
+        assert any(("sampler" if sampler is None else "schedule") in n for n in p.notes)
+    # and written back as it was read, so nothing is lost on a re-save
+    again = ImageParams.from_parameters_text(p.to_parameters_text())
+    assert again is not None and (again.sampler, again.schedule, again.extra) == (p.sampler, p.schedule, p.extra)
 
 
 def test_hires_denoising_is_not_img2img_strength() -> None:
@@ -77,19 +102,22 @@ def test_hires_denoising_is_not_img2img_strength() -> None:
         "x\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, Denoising strength: 0.7, "
         "Hires upscale: 2, Hires upscaler: Latent")
     assert p is not None and p.strength is None and p.extra["Denoising strength"] == "0.7"
+    assert p.notes == ["the hires fix settings are not restored"]
 
 
 def test_write_format() -> None:
     p = ImageParams(prompt="a cat", negative_prompt="", steps=20, sampler="euler_a", cfg_scale=7.5, seed=42,
                     width=512, height=640, model_name="Inkpunk-Diffusion-v2", model_hash="abcdef1234")
     assert p.to_parameters_text() == (
-        "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x640, "
-        "Model hash: abcdef1234, Model: Inkpunk-Diffusion-v2")
-    p.negative_prompt, p.strength, p.extra = "ugly", 0.75, {"Clip skip": "2", "Note": 'say "hi", ok'}
+        "a cat\nSteps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 42, Size: 512x640, "
+        "Model hash: abcdef1234, Model: Inkpunk-Diffusion-v2, RNG: CPU")
+    p.negative_prompt, p.strength, p.extra = "ugly", 0.75, {"Clip skip": "3", "Note": 'say "hi", ok'}
+    p.clip_skip = 2
     assert p.to_parameters_text().splitlines()[1:] == [
         "Negative prompt: ugly",
-        ("Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x640, Model hash: abcdef1234, "
-         'Model: Inkpunk-Diffusion-v2, Denoising strength: 0.75, Clip skip: 2, Note: "say \\"hi\\", ok"')]
+        ("Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 42, Size: 512x640, "
+         'Model hash: abcdef1234, Model: Inkpunk-Diffusion-v2, Denoising strength: 0.75, Clip skip: 2, RNG: CPU, '
+         'Note: "say \\"hi\\", ok"')]
 
 
 @pytest.mark.parametrize(
@@ -100,7 +128,7 @@ def test_write_format() -> None:
         ImageParams(prompt="line one\nline two, with comma\n\nline four", negative_prompt="neg 1\nneg 2",
                     steps=1, cfg_scale=1.25, seed=0, width=64, height=2048, sampler="dpmpp_2m"),
         ImageParams(prompt="猫の絵, ñandú, emoji 🐈‍⬛, Ωμέγα", negative_prompt="日本語", seed=2**32 - 1,
-                    sampler="euler", extra={"Clip skip": "2", "Weird": "a, \"b\": c\nd"}),
+                    sampler="euler", clip_skip=2, extra={"Weird": "a, \"b\": c\nd"}),
         ImageParams(prompt="", negative_prompt="only negative", seed=None),
         ImageParams(prompt="Steps: 3, Sampler: Euler, CFG scale: 5", seed=5),
     ],
@@ -120,7 +148,8 @@ def test_round_trip_text_png_jpeg_webp(tmp_path: Path, params: ImageParams) -> N
 
 
 def test_exif_user_comment_is_a1111_layout() -> None:
-    text = "a cat, ünïcode\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64"
+    text = ("a cat, ünïcode\nSteps: 20, Sampler: Euler, Schedule type: Uniform, CFG scale: 7, Seed: 1, Size: 64x64, "
+            "RNG: NV")
     buf = io.BytesIO()
     _image().save(buf, "JPEG", exif=exif_bytes(ImageParams.from_parameters_text(text)))
     raw = Image.open(io.BytesIO(buf.getvalue())).getexif().get_ifd(0x8769)[0x9286]
@@ -153,11 +182,12 @@ def test_comfyui_prompt_graph() -> None:
     p = read_params(_png_with_text(prompt=json.dumps(graph), workflow="{}"))
     assert p is not None
     assert (p.prompt, p.negative_prompt) == ("nvinkpunk, a fox, neon", "bad hands, blurry")
-    assert (p.seed, p.steps, p.cfg_scale, p.sampler) == (156680208700286, 20, 8.0, "dpmpp_2m_karras")
+    assert (p.seed, p.steps, p.cfg_scale, p.sampler, p.schedule) == (156680208700286, 20, 8.0, "dpmpp_2m", "karras")
+    assert (p.rng, p.emphasis, p.clip_skip) == ("cpu", "comfy", 1)
     assert (p.width, p.height, p.strength, p.model_name) == (512, 640, None, "Inkpunk-Diffusion-v2")
     graph["3"]["inputs"].update(sampler_name="euler_ancestral", scheduler="normal", denoise=0.55)
     p = read_params(_png_with_text(prompt=json.dumps(graph)))
-    assert p is not None and p.sampler == "euler_a" and p.strength == 0.55
+    assert p is not None and (p.sampler, p.schedule, p.strength) == ("euler_a", "normal", 0.55)
 
 
 def test_invokeai_metadata() -> None:
@@ -167,7 +197,8 @@ def test_invokeai_metadata() -> None:
     p = read_params(_png_with_text(invokeai_metadata=json.dumps(meta)))
     assert p is not None
     assert (p.prompt, p.negative_prompt, p.width, p.height) == ("a lighthouse, ink", "people", 768, 512)
-    assert (p.seed, p.steps, p.cfg_scale, p.sampler, p.strength) == (99, 35, 6.5, "dpmpp_2m_karras", 0.4)
+    assert (p.seed, p.steps, p.cfg_scale, p.sampler, p.schedule, p.strength) == (99, 35, 6.5, "dpmpp_2m", "karras",
+                                                                                 0.4)
     assert (p.model_name, p.model_hash) == ("inkpunk", "blake3:abc")
 
 
@@ -178,8 +209,8 @@ def test_fooocus_json_scheme() -> None:
     p = read_params(_png_with_text(parameters=json.dumps(meta), fooocus_scheme="fooocus"))
     assert p is not None
     assert (p.prompt, p.steps, p.width, p.height, p.cfg_scale) == ("a robot", 30, 896, 1152, 4.0)
-    assert (p.sampler, p.seed, p.model_name) == ("dpmpp_2m_karras", 12345, "juggernaut")
-    assert p.extra["version"] == "Fooocus v2.5.0"
+    assert (p.sampler, p.schedule, p.seed, p.model_name) == ("dpmpp_2m", "karras", 12345, "juggernaut")
+    assert p.version == "Fooocus v2.5.0"
 
 
 @pytest.mark.parametrize(
@@ -264,8 +295,9 @@ def test_remove_stale_temp_files(tmp_path: Path) -> None:
 
 
 def test_display_names_match_the_engine() -> None:
-    """metadata keeps its own copy so reading metadata never imports torch; the two must agree."""
-    from engine.samplers import DISPLAY_NAMES as ENGINE_NAMES
+    """metadata keeps its own table so reading never imports torch (and names samplers an engine may lack);
+    every sampler the engine has is in it, under the engine's own label."""
+    from engine.names import DISPLAY_NAMES as ENGINE_NAMES
     from inkpunk_studio.metadata import DISPLAY_NAMES
 
-    assert DISPLAY_NAMES == ENGINE_NAMES
+    assert ENGINE_NAMES.items() <= DISPLAY_NAMES.items()
