@@ -25,14 +25,28 @@ from engine.names import (
 from engine.request import GenerationRequest, GenerationResult, StepEvent
 
 if TYPE_CHECKING:
+    from engine.embeddings import Embedding, load_embedding
+    from engine.hashes import addnet_hash, embedding_hash, lora_hash, model_hash, vae_hash
+    from engine.lora import LoraSet, apply_loras
     from engine.pipeline import Pipeline, load_pipeline
     from engine.samplers import get_sampler
+    from engine.vae_file import load_vae
 
 # name -> the module that defines it, imported on first access (PEP 562).
 _LAZY = {
     "Pipeline": "engine.pipeline",
     "load_pipeline": "engine.pipeline",
     "get_sampler": "engine.samplers",
+    "LoraSet": "engine.lora",
+    "apply_loras": "engine.lora",
+    "Embedding": "engine.embeddings",
+    "load_embedding": "engine.embeddings",
+    "load_vae": "engine.vae_file",
+    "addnet_hash": "engine.hashes",
+    "embedding_hash": "engine.hashes",
+    "lora_hash": "engine.hashes",
+    "model_hash": "engine.hashes",
+    "vae_hash": "engine.hashes",
 }
 
 
@@ -66,12 +80,22 @@ __all__ = [
     "SCHEDULE_NAMES",
     "Cancelled",
     "CheckpointError",
+    "Embedding",
     "GenerationRequest",
     "GenerationResult",
+    "LoraSet",
     "Pipeline",
     "StepEvent",
+    "addnet_hash",
+    "apply_loras",
     "count_tokens",
+    "embedding_hash",
     "get_sampler",
+    "load_embedding",
     "load_pipeline",
+    "load_vae",
+    "lora_hash",
+    "model_hash",
     "resolve_sampler",
+    "vae_hash",
 ]

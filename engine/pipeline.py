@@ -17,7 +17,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -30,8 +31,11 @@ from engine.checkpoint import load_models
 from engine.conditioning import Conditioner
 from engine.denoiser import CFGDenoiser
 from engine.devices import resolve_device, resolve_dtype
+from engine.embeddings import Embedding, check_width, load_embedding
 from engine.errors import Cancelled, CheckpointError
 from engine.names import BROWNIAN, DISCARD_PENULTIMATE, SECOND_ORDER, TIMESTEP_SAMPLERS, resolve_sampler
+from engine.hashes import lora_hash, vae_hash
+from engine.lora import LoraSet, LoraSpec, normalize_specs, read_lora
 from engine.preview import latent_preview
 from engine.prompt import extract_extra_networks
 from engine.request import GenerationRequest, GenerationResult, StepEvent
@@ -40,14 +44,17 @@ from engine.schedules import ModelSchedule
 from engine.schedules import sigmas as schedule_sigmas
 from engine.tokenizer import Tokenizer
 from engine.vae import SCALING_FACTOR
+from engine.vae_file import load_vae
 
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[StepEvent], None]
 
 
-def load_pipeline(path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> Pipeline:
-    """Load an SD1.x checkpoint (.ckpt or .safetensors). Raises CheckpointError, or ValueError for bad options."""
+def load_pipeline(path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+                  vae: str | Path | None = None) -> Pipeline:
+    """Load an SD1.x checkpoint (.ckpt or .safetensors), with an external VAE file in place of its own if `vae`
+    is given. Raises CheckpointError, or ValueError for bad options."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
@@ -56,7 +63,10 @@ def load_pipeline(path: str | Path, device: str | torch.device = "auto", dtype: 
     started = time.perf_counter()
     models = load_models(path, device=dev, dtype=model_dtype, vae_dtype=vae_dtype)
     log.info("loaded %s on %s (%s) in %.1f s", path.name, dev, model_dtype, time.perf_counter() - started)
-    return Pipeline(models, Tokenizer(), dev, model_dtype, vae_dtype, path)
+    pipe = Pipeline(models, Tokenizer(), dev, model_dtype, vae_dtype, path)
+    if vae is not None:
+        pipe.set_vae(vae)
+    return pipe
 
 
 def _image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -210,3 +220,115 @@ class Pipeline:
         t_enc = int(min(req.strength, 0.999) * steps)
         run = sigmas[steps - t_enc - 1:]
         return run, sigmas, init + noise * run[0]
+
+    # --- networks: LoRAs, embeddings, an external VAE (engine/lora.py, embeddings.py, vae_file.py) ---
+
+    @cached_property
+    def _networks(self) -> _Networks:
+        return _Networks(loras=LoraSet(self.models), own_vae=self.vae)
+
+    @property
+    def embeddings(self) -> dict[str, torch.Tensor]:
+        """word -> (n, width) input-embedding vectors (text encoder dtype and device), for the conditioner."""
+        return self._networks.embeddings
+
+    @property
+    def embedding_hashes(self) -> dict[str, str]:
+        """word -> A1111's `TI hashes` entry (sha256[:12] of the file)."""
+        return {word: e.hash for word, e in self._networks.embedding_files.items()}
+
+    def add_embedding(self, path: str | Path, token: str | None = None) -> str:
+        """Load a textual-inversion file; returns the word that invokes it (the file stem unless `token`).
+
+        Raises CheckpointError for unreadable or foreign files (SDXL, another text encoder width) and
+        ValueError for an empty or space-containing token; nothing is added then.
+        """
+        embedding = load_embedding(path)
+        word = embedding.name if token is None else token
+        if not word or word != word.strip() or any(c.isspace() for c in word):
+            raise ValueError(f"an embedding's word must be non-empty without spaces, got {word!r}")
+        width = self.text_encoder.text_model.embeddings.token_embedding.weight.shape[1]
+        check_width(embedding, width)
+        dtype = self.text_encoder.text_model.embeddings.token_embedding.weight.dtype
+        self._networks.embeddings[word] = embedding.vectors.to(self.device, dtype)
+        self._networks.embedding_files[word] = embedding
+        return word
+
+    def set_loras(self, loras: Sequence[LoraSpec]) -> None:
+        """Merge exactly these LoRAs, `(path, weight)` or `(path, te_weight, unet_weight)`, into the weights.
+
+        A no-op when the list (and the files) are unchanged; otherwise the previous LoRAs are taken out
+        (original weights restored bit-for-bit) and these merged. Every file is read before anything changes,
+        so a bad file (CheckpointError) leaves the current LoRAs in place.
+        """
+        specs = normalize_specs(loras)
+        key = tuple((_file_key(p), te, unet) for p, te, unet in specs)
+        state = self._networks
+        if key == state.lora_key:
+            return
+        files = [(read_lora(p, self.models), te, unet) for p, te, unet in specs]
+        state.loras.restore()
+        state.lora_key = ()
+        state.loras.apply(files)
+        state.lora_key = key
+        log.info("LoRAs now: %s", ", ".join(f"{f.name}:{te}:{unet}" for f, te, unet in files) or "none")
+
+    @property
+    def lora_hashes(self) -> dict[str, str]:
+        """name -> A1111's `Lora hashes` entry for each merged LoRA file."""
+        state = self._networks
+        for lora, _, _ in state.loras.loras:
+            if lora.path not in state.hash_cache:
+                state.hash_cache[lora.path] = lora_hash(lora.path)
+        return {lora.name: state.hash_cache[lora.path] for lora, _, _ in state.loras.loras}
+
+    def set_vae(self, path: str | Path | None) -> None:
+        """Use an external VAE file in place of the checkpoint's own; None goes back to the checkpoint's.
+
+        The checkpoint's VAE is kept, so going back costs nothing. Raises CheckpointError for a bad file;
+        the current VAE stays then.
+        """
+        state = self._networks
+        if path is None:
+            vae, state.vae_path, state.vae_hash = state.own_vae, None, None
+        else:
+            path = Path(path)
+            if state.vae_path is not None and _file_key(path) == _file_key(state.vae_path):
+                return
+            vae = load_vae(path, self.device, self.vae_dtype)
+            state.vae_path, state.vae_hash = path, vae_hash(path)
+        self.vae = self.models.vae = vae
+
+    @property
+    def vae_name(self) -> str | None:
+        """The external VAE's file name (A1111's `VAE`), or None when the checkpoint's own is in use."""
+        path = self._networks.vae_path
+        return None if path is None else path.name
+
+    @property
+    def vae_hash(self) -> str | None:
+        """A1111's `VAE hash` (sha256[:10]) of the external VAE file, or None."""
+        return self._networks.vae_hash
+
+
+@dataclass
+class _Networks:
+    """What a Pipeline has added to its checkpoint: merged LoRAs, embeddings, an external VAE."""
+
+    loras: LoraSet
+    own_vae: torch.nn.Module
+    lora_key: tuple = ()
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
+    embedding_files: dict[str, Embedding] = field(default_factory=dict)
+    vae_path: Path | None = None
+    vae_hash: str | None = None
+    hash_cache: dict[Path, str] = field(default_factory=dict)
+
+
+def _file_key(path: Path) -> tuple:
+    """A file's identity for "unchanged?" checks: resolved path, size and modification time."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (str(path),)
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)

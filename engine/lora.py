@@ -1,0 +1,452 @@
+"""LoRA files merged into the loaded text encoder and UNet, and taken out again bit-for-bit.
+
+Formats read (`.safetensors`, or `.pt`/`.ckpt` through checkpoint.read_state_dict's weights-only reader):
+  * kohya / A1111: `lora_unet_<module>` and `lora_te_<module>` with `.lora_down.weight`, `.lora_up.weight`,
+    optional `.alpha`, and LoCon's `.lora_mid.weight` (CP-decomposed 3x3 convolutions); module names in the
+    LDM spelling (`input_blocks_1_1_proj_in`) or the diffusers one (`down_blocks_0_attentions_0_proj_in`);
+  * diffusers / PEFT: `unet.<module>.lora_A.weight` / `lora_B.weight`, `text_encoder.<module>...`, diffusers'
+    own `.lora.down.weight` / `.lora.up.weight`, and the older attention-processor keys (`to_q_lora.down`).
+LyCORIS LoHa/LoKr/(IA)^3/OFT/DoRA and SD2/SDXL LoRAs are refused with a message saying which they are.
+
+Maths (A1111 extensions-builtin/Lora: network_lora.py NetworkModuleLora.calc_updown, lyco_helpers.py
+rebuild_conventional / rebuild_cp_decomposition, network.py finalize_updown; diffusers' fuse_lora computes the
+same): W += multiplier * scale * up @ down, scale = alpha / rank (1 without alpha), multiplier the text-encoder
+weight for `lora_te` modules and the UNet weight otherwise. Deltas are merged into the weights, so a step
+with LoRAs costs what a step without them costs; the originals of the touched tensors are kept (on the CPU)
+and copied back by LoraSet.restore().
+
+Our modules are named after the LDM keys (unet.py, clip.py), so an LDM-style name is our name with `_` for
+`.`; diffusers-style names are mapped by `diffusers_unet_name`, derived from the UNet config the same way
+diffusers' convert_ldm_unet_checkpoint numbers the blocks.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.checkpoint import read_state_dict
+from engine.config import UNetConfig
+from engine.errors import CheckpointError
+from engine.layers import Conv2d as PackedConv2d
+
+log = logging.getLogger(__name__)
+
+LORA_SUFFIXES = {".safetensors", ".pt", ".ckpt", ".bin", ".pth"}
+
+# key suffix -> role, longest first (".lora_down.weight" before ".weight").
+_ROLES = [
+    (".lora_down.weight", "down"), (".lora_up.weight", "up"), (".lora_mid.weight", "mid"),
+    (".lora_A.weight", "down"), (".lora_B.weight", "up"),
+    (".lora.down.weight", "down"), (".lora.up.weight", "up"),
+    ("_lora.down.weight", "down"), ("_lora.up.weight", "up"),  # attention processors: to_q_lora.down.weight
+    (".alpha", "alpha"),
+]
+
+# Marks of formats we do not merge (LyCORIS and relatives), and the name to give the user.
+_OTHER_FORMATS = [
+    (re.compile(r"\.hada_w\d_[ab]$|\.hada_t\d$"), "LyCORIS LoHa"),
+    (re.compile(r"\.lokr_w\d(_[ab])?$|\.lokr_t\d$"), "LyCORIS LoKr"),
+    (re.compile(r"\.oft_\w+$|\.oft_blocks$"), "LyCORIS OFT"),
+    (re.compile(r"\.on_input$"), "LyCORIS (IA)^3"),
+    (re.compile(r"\.dora_scale$|\.lora_magnitude_vector"), "DoRA"),
+    (re.compile(r"\.a1\.weight$|\.b1\.weight$"), "LyCORIS GLoRA"),
+    (re.compile(r"\.diff(_b)?$"), "LyCORIS full-weight diff"),
+]
+
+# Older diffusers attention-processor names -> module names.
+_PROCESSOR = [
+    (re.compile(r"\.processor\.to_(q|k|v)$"), r".to_\1"),
+    (re.compile(r"\.processor\.to_out$"), ".to_out.0"),
+    (re.compile(r"(self_attn)\.to_(q|k|v)$"), r"\1.\2_proj"),
+    (re.compile(r"(self_attn)\.to_out$"), r"\1.out_proj"),
+]
+
+_RESNET = {"in_layers.2": "conv1", "out_layers.3": "conv2", "emb_layers.1": "time_emb_proj",
+           "skip_connection": "conv_shortcut", "in_layers.0": "norm1", "out_layers.0": "norm2"}
+
+
+def diffusers_unet_name(name: str, cfg: UNetConfig) -> str | None:
+    """Our (LDM) UNet module name -> diffusers' UNet2DConditionModel name, or None if it has none.
+
+    The block numbering of diffusers' convert_ldm_unet_checkpoint (single_file_utils.py): input block
+    1 + level * (n + 1) + i is down_blocks.level's resnet/attention i, the last of each level its downsampler;
+    output block level' * (n + 1) + i is up_blocks.level''s i-th, with the upsampler after the last.
+    """
+    parts = name.split(".")
+    n = cfg.num_res_blocks
+    head, rest = parts[0], parts[1:]
+    if head == "time_embed" and rest in (["0"], ["2"]):
+        return f"time_embedding.linear_{1 if rest[0] == '0' else 2}"
+    if head == "out" and rest in (["0"], ["2"]):
+        return "conv_norm_out" if rest[0] == "0" else "conv_out"
+    if head not in ("input_blocks", "middle_block", "output_blocks") or len(rest) < 2:
+        return None
+    if head == "middle_block":
+        layer, tail = int(rest[0]), rest[1:]
+        block = {0: "resnets.0", 1: "attentions.0", 2: "resnets.1"}.get(layer)
+        return None if block is None else _join_tail(f"mid_block.{block}", tail, resnet=layer != 1)
+    block, layer, tail = int(rest[0]), int(rest[1]), rest[2:]
+    if head == "input_blocks":
+        if block == 0:
+            return "conv_in" if not tail else None
+        level, i = divmod(block - 1, n + 1)
+        if i == n:
+            return f"down_blocks.{level}.downsamplers.0.conv" if tail == ["op"] else None
+        prefix = f"down_blocks.{level}"
+    else:
+        level, i = divmod(block, n + 1)
+        prefix = f"up_blocks.{level}"
+        if tail == ["conv"]:  # the Upsample, after the resnet (and the attention, if any)
+            return f"{prefix}.upsamplers.0.conv"
+    if layer == 0:
+        return _join_tail(f"{prefix}.resnets.{i}", tail, resnet=True)
+    if layer == 1:
+        return _join_tail(f"{prefix}.attentions.{i}", tail, resnet=False)
+    return None
+
+
+def _join_tail(prefix: str, tail: list[str], resnet: bool) -> str | None:
+    if not resnet:
+        return ".".join([prefix, *tail])
+    renamed = _RESNET.get(".".join(tail))
+    return None if renamed is None else f"{prefix}.{renamed}"
+
+
+@dataclass
+class LoraModule:
+    """One layer's low-rank update: up (out, r[, 1, 1]) @ [mid (r, r, kh, kw)] @ down (r, in[, kh, kw])."""
+
+    component: str  # "text_encoder" or "unet"
+    name: str  # our module name inside that component
+    up: torch.Tensor
+    down: torch.Tensor
+    mid: torch.Tensor | None = None
+    alpha: float | None = None
+
+    @property
+    def scale(self) -> float:
+        """alpha / rank, or 1 without alpha (A1111 network.py NetworkModule.calc_scale)."""
+        return 1.0 if self.alpha is None else self.alpha / self.down.shape[0]
+
+    def add_to(self, flat: torch.Tensor, multiplier: float) -> None:
+        """flat (out, in * kh * kw), fp32, += multiplier * scale * updown: one fused matmul-add per layer."""
+        up = self.up.to(flat.device, torch.float32).reshape(self.up.shape[0], -1)
+        down = self.down.to(flat.device, torch.float32).reshape(self.down.shape[0], -1)
+        if self.mid is None:  # lyco_helpers.rebuild_conventional
+            flat.addmm_(up, down, alpha=self.scale * multiplier)
+        else:  # lyco_helpers.rebuild_cp_decomposition
+            mid = self.mid.to(flat.device, torch.float32)
+            updown = torch.einsum("n m k l, i n, m j -> i j k l", mid, up, down)
+            flat.add_(updown.reshape(flat.shape), alpha=self.scale * multiplier)
+
+
+@dataclass
+class LoraFile:
+    """A LoRA file read and matched against a model: its layers and what did not match."""
+
+    path: Path
+    modules: list[LoraModule]
+    unmatched: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def _layers(models: Any) -> dict[str, dict[str, nn.Module]]:
+    """{component: {our module name: Linear/Conv2d}} for the text encoder and the UNet."""
+    out: dict[str, dict[str, nn.Module]] = {}
+    for component in ("text_encoder", "unet"):
+        model = getattr(models, component)
+        out[component] = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    return out
+
+
+def _name_table(models: Any, layers: dict[str, dict[str, nn.Module]]) -> dict[str, tuple[str, str]]:
+    """Every spelling a LoRA file may use for a layer -> (component, our name)."""
+    table: dict[str, tuple[str, str]] = {}
+    cfg = models.unet.config
+    for name in layers["unet"]:
+        spellings = [name]
+        if (diffusers := diffusers_unet_name(name, cfg)) is not None:
+            spellings.append(diffusers)
+            table["unet." + diffusers] = ("unet", name)
+        for s in spellings:
+            table["lora_unet_" + s.replace(".", "_")] = ("unet", name)
+        table["diffusion_model." + name] = ("unet", name)  # ComfyUI's LoRA saver: LDM names, dotted
+    for name in layers["text_encoder"]:
+        table["lora_te_" + name.replace(".", "_")] = ("text_encoder", name)
+        table["text_encoder." + name] = ("text_encoder", name)
+        table["text_encoder." + name.removeprefix("text_model.")] = ("text_encoder", name)  # transformers 5
+        table["text_encoders.clip_l.transformer." + name] = ("text_encoder", name)  # ComfyUI
+    return table
+
+
+def _split(key: str) -> tuple[str, str] | None:
+    for suffix, role in _ROLES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)], role
+    return None
+
+
+def _foreign(path: Path, keys: Iterable[str]) -> str | None:
+    """Why a file is not an SD1.x LoRA we can merge, judging by its key names; None if it may be one."""
+    keys = list(keys)
+    for pattern, what in _OTHER_FORMATS:
+        if any(pattern.search(k) for k in keys):
+            return f"a {what} file: this format is not supported, only LoRA/LoCon"
+    if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.", "text_encoders.clip_g.")) for k in keys) or any(
+        "label_emb" in k or "add_embedding" in k for k in keys
+    ):
+        return "a LoRA for SDXL (two text encoders): only Stable Diffusion 1.x LoRAs are supported"
+    if any(k.startswith(("lora_transformer_", "transformer.", "lora_unet_double_blocks", "lora_unet_single_"))
+           or re.match(r"diffusion_model\.(double|single|joint)_blocks\.", k) for k in keys):
+        return "a LoRA for a transformer model (Flux/SD3/...): only Stable Diffusion 1.x LoRAs are supported"
+    return None
+
+
+def _wrong_model(component: str, name: str, module: nn.Module, m: LoraModule) -> str:
+    """A message for a shape mismatch, naming SD2/SDXL when the widths say so."""
+    width_in = m.down.reshape(m.down.shape[0], -1).shape[1]
+    if component == "text_encoder" and width_in in (1024, 4096) or name.endswith("attn2.to_k") and width_in == 1024:
+        return "a LoRA for Stable Diffusion 2.x (1024-wide text encoder): only SD 1.x LoRAs are supported"
+    if component == "text_encoder" and width_in in (1280, 5120) or name.endswith("attn2.to_k") and width_in == 2048:
+        return "a LoRA for SDXL (1280/2048-wide text features): only SD 1.x LoRAs are supported"
+    return (
+        f"made for a different model: layer {name} is {tuple(module.weight.shape)} here, the LoRA's "
+        f"update is ({m.up.shape[0]}, {width_in})"
+    )
+
+
+def read_lora(path: str | Path, models: Any) -> LoraFile:
+    """Read a LoRA file and match its layers to `models` (anything with .text_encoder and .unet).
+
+    Raises CheckpointError for unreadable, hostile (pickles that want code) or foreign files; nothing is
+    changed in the models.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in LORA_SUFFIXES:
+        raise CheckpointError(f"{path.name}: not a LoRA file (expected .safetensors, .pt or .ckpt)")
+    state = read_state_dict(path)
+    if (why := _foreign(path, state)) is not None:
+        raise CheckpointError(f"{path.name}: {why}")
+    layers = _layers(models)
+    table = _name_table(models, layers)
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    unknown: list[str] = []
+    for key, value in state.items():
+        split = _split(key)
+        if split is None:
+            unknown.append(key)
+            continue
+        module_key, role = split
+        for pattern, replacement in _PROCESSOR:
+            module_key = pattern.sub(replacement, module_key)
+        groups.setdefault(module_key, {})[role] = value
+    modules: list[LoraModule] = []
+    unmatched = list(unknown)
+    for module_key, parts in groups.items():
+        target = table.get(module_key)
+        if target is None:
+            unmatched.append(module_key)
+            continue
+        if "up" not in parts or "down" not in parts:
+            raise CheckpointError(f"{path.name}: {module_key} lacks its lora_up or lora_down weight")
+        component, name = target
+        alpha = parts.get("alpha")
+        m = LoraModule(component, name, parts["up"], parts["down"], parts.get("mid"),
+                       None if alpha is None else float(alpha.float().item()))
+        _check_shapes(path, m, layers[component][name])
+        modules.append(m)
+    if not modules:
+        if any(re.search(r"transformer_blocks_[1-9]", k) for k in unmatched):
+            raise CheckpointError(f"{path.name}: a LoRA for SDXL: only Stable Diffusion 1.x LoRAs are supported")
+        raise CheckpointError(
+            f"{path.name}: not a Stable Diffusion 1.x LoRA: none of its {len(state)} tensors matches a layer "
+            f"(e.g. {', '.join(sorted(unmatched)[:3])})"
+        )
+    if unmatched:
+        log.warning("%s: %d entries match no layer and are ignored, e.g. %s", path.name, len(unmatched),
+                    ", ".join(sorted(unmatched)[:3]))
+    return LoraFile(path, modules, sorted(unmatched))
+
+
+def _check_shapes(path: Path, m: LoraModule, module: nn.Module) -> None:
+    shape = tuple(module.weight.shape)
+    fan_in = math.prod(shape[1:])
+    rank = m.down.shape[0]
+    ok = m.up.ndim in (2, 4) and m.down.ndim in (2, 4) and m.up.shape[1] == rank and m.up.shape[0] == shape[0]
+    if ok and m.mid is not None:
+        ok = m.mid.ndim == 4 and tuple(m.mid.shape[:2]) == (rank, rank) and (
+            m.down.reshape(rank, -1).shape[1] * m.mid.shape[2] * m.mid.shape[3] == fan_in
+        )
+    elif ok:
+        ok = m.down.reshape(rank, -1).shape[1] == fan_in
+    if not ok:
+        raise CheckpointError(f"{path.name}: {_wrong_model(m.component, m.name, module, m)}")
+
+
+LoraSpec = tuple[str | Path, float] | tuple[str | Path, float, float]
+
+
+def normalize_specs(loras: Sequence[LoraSpec]) -> list[tuple[Path, float, float]]:
+    """(path, weight) or (path, te_weight, unet_weight) -> (path, te, unet); A1111: unet defaults to te."""
+    out = []
+    for spec in loras:
+        if not isinstance(spec, (tuple, list)) or len(spec) not in (2, 3):
+            raise ValueError(f"a LoRA is (path, weight) or (path, te_weight, unet_weight), got {spec!r}")
+        path, te = Path(spec[0]), float(spec[1])
+        out.append((path, te, float(spec[2]) if len(spec) == 3 else te))
+    return out
+
+
+def _normal_mode(method: Callable[..., None]) -> Callable[..., None]:
+    """Run outside inference mode (also when called from generate()): the weights are normal tensors and
+    an in-place update made under inference mode would leave them unusable outside it."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        with torch.inference_mode(False), torch.no_grad():
+            method(*args, **kwargs)
+
+    return wrapper
+
+
+class LoraSet:
+    """LoRAs merged into a model's weights; restore() puts back the original weights exactly.
+
+    The originals of the touched weights are kept on the CPU (dense); nothing else is copied.
+    """
+
+    def __init__(self, models: Any):
+        self.models = models
+        self.loras: list[tuple[LoraFile, float, float]] = []
+        self._originals: dict[tuple[str, str], torch.Tensor] = {}
+
+    @property
+    def applied(self) -> bool:
+        return bool(self._originals)
+
+    @_normal_mode
+    def apply(self, loras: Sequence[tuple[LoraFile, float, float]]) -> None:
+        """Merge `(file, te_weight, unet_weight)` into the weights (on top of what is already merged)."""
+        layers = _layers(self.models)
+        deltas: dict[tuple[str, str], list[tuple[LoraModule, float]]] = {}
+        for lora, te, unet in loras:
+            for m in lora.modules:
+                w = te if m.component == "text_encoder" else unet
+                if w != 0.0:
+                    deltas.setdefault((m.component, m.name), []).append((m, w))
+        try:
+            for (component, name), parts in deltas.items():
+                module = layers[component][name]
+                weight = _dense_weight(module)
+                if (component, name) not in self._originals:
+                    self._originals[(component, name)] = weight.detach().to("cpu", copy=True)
+                _merge(weight, parts)
+        except BaseException:
+            self.restore()
+            raise
+        self.loras.extend(loras)
+
+    @_normal_mode
+    def restore(self) -> None:
+        """Copy the original weights back (bit-for-bit) and forget the merged LoRAs."""
+        layers = _layers(self.models)
+        for (component, name), original in self._originals.items():
+            _dense_weight(layers[component][name]).copy_(original)
+        self._originals.clear()
+        self.loras.clear()
+
+
+def _merge(weight: torch.Tensor, parts: list[tuple[LoraModule, float]]) -> None:
+    """Add the updates to `weight` in place (fused q/k/v rows stay views of their fused tensor).
+
+    fp32 contiguous weights are updated directly; others (fp16/bf16, channels_last convs) through an fp32
+    copy, so each update is rounded once, to the weight's dtype.
+    """
+    direct = weight.dtype == torch.float32 and weight.is_contiguous()
+    acc = weight if direct else weight.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    flat = acc.view(acc.shape[0], -1)
+    for m, w in parts:
+        m.add_to(flat, w)
+    if not direct:
+        weight.copy_(acc)
+
+
+def _dense_weight(module: nn.Module) -> torch.Tensor:
+    """The module's weight as a normal tensor to update in place (a pre-packed conv is unpacked first; it
+    re-packs at its next call)."""
+    if isinstance(module, PackedConv2d):
+        module.unpack()
+    return module.weight
+
+
+def apply_loras(models: Any, loras: Sequence[LoraSpec]) -> LoraSet:
+    """Read every file first (any error leaves the models untouched), then merge them; returns the handle
+    whose restore() takes them out again."""
+    specs = normalize_specs(loras)
+    files = [(read_lora(path, models), te, unet) for path, te, unet in specs]
+    handle = LoraSet(models)
+    handle.apply(files)
+    log.info("merged %d LoRA(s): %s", len(files), ", ".join(f.name for f, _, _ in files))
+    return handle
+
+
+def _benchmark(rank: int = 128) -> None:
+    """`python -m engine.lora [device [dtype]]`: merge and restore a LoRA of SD1.5 size (rank `rank` on every attention,
+    feed-forward and projection layer, as kohya's default) on a random SD1.5 text encoder + UNet (fp32 CPU by default)."""
+    import sys
+    import tempfile
+    import time
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from engine.attention import fuse_projections
+    from engine.clip import TextEncoder
+    from engine.config import TextEncoderConfig
+    from engine.unet import UNet
+
+    device = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cpu")
+    dtype = getattr(torch, sys.argv[2]) if len(sys.argv) > 2 else torch.float32
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with torch.no_grad():
+        models = SimpleNamespace(text_encoder=TextEncoder(TextEncoderConfig.sd15()).eval().to(device, dtype),
+                                 unet=UNet(UNetConfig.sd15()).eval().to(device, dtype))
+        fuse_projections(models.text_encoder)
+        fuse_projections(models.unet)
+    state: dict[str, torch.Tensor] = {}
+    for component, prefix in (("text_encoder", "lora_te_"), ("unet", "lora_unet_")):
+        for name, m in _layers(models)[component].items():
+            if isinstance(m, nn.Linear) or name.endswith(("proj_in", "proj_out")):
+                key = prefix + name.replace(".", "_")
+                state[f"{key}.lora_down.weight"] = torch.randn(rank, m.weight[0].numel(), dtype=torch.float16)
+                state[f"{key}.lora_up.weight"] = torch.zeros(m.weight.shape[0], rank, dtype=torch.float16)
+                state[f"{key}.alpha"] = torch.tensor(float(rank))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.safetensors"
+        save_file(state, str(path))
+        size = path.stat().st_size / 2**20
+        for _ in range(2):
+            started = time.perf_counter()
+            handle = apply_loras(models, [(path, 1.0)])
+            applied = time.perf_counter() - started
+            started = time.perf_counter()
+            handle.restore()
+            log.info("%.0f MiB LoRA (%d layers): apply %.2f s, restore %.2f s", size, len(state) // 3, applied,
+                     time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    _benchmark()
