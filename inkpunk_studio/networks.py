@@ -240,3 +240,47 @@ def record_networks(meta: Any, result: Any) -> None:
     meta.ti_hashes = dict(result.ti_hashes)
     meta.vae_name = result.vae_name or ""
     meta.vae_hash = result.vae_hash or ""
+
+
+def resolve_params(params: Any, folders: ModelFolders, vae: str = "") -> None:
+    """Fill a GenerationParams' networks from its prompts and the chosen VAE, before the run starts: the
+    LoRA files of its tags, the embedding files whose words appear, the VAE file ("" = the checkpoint's).
+    Raises MissingNetworks for unknown LoRA names, ValueError for a bad weight or a VAE file that is gone."""
+    params.loras = tuple(resolve_loras(params.prompt, folders))
+    params.embeddings = tuple(str(f.path) for f in embeddings_in([params.prompt, params.negative_prompt], folders))
+    if vae and not Path(vae).is_file():
+        raise ValueError(f"The VAE chosen in Settings is gone: {vae}. Choose another one, or Automatic.")
+    params.vae = vae or ""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Checkpoint conversion
+
+
+def convert_to_safetensors(path: str | Path) -> Path:
+    """Write a weights-only `.safetensors` copy of a pickled checkpoint beside it (`name.safetensors`) and
+    return its path. Atomic: written to a temporary file in the same folder, then renamed; the original is
+    kept. The pickle is read weights-only (engine.checkpoint.read_state_dict: a hostile file raises
+    CheckpointError and runs nothing). Raises ValueError when the target exists or the file is already
+    .safetensors. Blocking and memory-hungry: run it off the GUI thread."""
+    from safetensors.torch import save_file
+
+    from engine.checkpoint import read_state_dict
+
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        raise ValueError(f"{path.name} is already a .safetensors file")
+    target = path.with_suffix(".safetensors")
+    if target.exists():
+        raise ValueError(f"{target.name} already exists beside {path.name}: remove or rename it first")
+    state = read_state_dict(path)
+    # safetensors refuses shared or strided storage: give every tensor its own contiguous copy
+    tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    tmp = target.with_name(f".{target.name}.partial")
+    try:
+        save_file(tensors, str(tmp), metadata={"converted_from": path.name})
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import QApplication
 
 import engine
 
-from . import history
+from . import history, networks
 from .metadata import ImageParams, save_png
 from .tokens import count_tokens, warm_up_tokenizer  # noqa: F401 - count_tokens: the old home, kept
 
@@ -52,6 +52,10 @@ class GenerationParams:
     batch_count: int = 1  # images made one after another with seed, seed + 1, ...
     init_image: Any = None  # PIL image for img2img (already fitted to width x height), or None
     strength: float = 0.75
+    # networks, resolved from the prompt and Settings by inkpunk_studio.networks (not saved with the params)
+    loras: tuple = ()  # GenerationRequest.loras entries: (path, te_weight, unet_weight)
+    embeddings: tuple = ()  # embedding files to have loaded (their words appear in the prompts)
+    vae: str = ""  # an external VAE file, "" for the checkpoint's own
 
     _PLAIN = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
               "batch_count", "strength")
@@ -61,7 +65,7 @@ class GenerationParams:
         return engine.GenerationRequest(
             prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps, cfg_scale=self.cfg_scale,
             width=self.width, height=self.height, seed=seed, sampler=self.sampler, batch_size=1,
-            init_image=self.init_image, strength=self.strength)
+            init_image=self.init_image, strength=self.strength, loras=self.loras)
 
     def image_params(self, seed: int, model_name: str = "", model_hash: str = "") -> ImageParams:
         """Metadata for a saved image made with ``seed``."""
@@ -165,7 +169,7 @@ class GenerationWorker(QObject):
         except engine.Cancelled:
             self.cancelled.emit(saved)
             return
-        except ValueError as exc:  # the engine's request validation
+        except (ValueError, engine.CheckpointError) as exc:  # request validation; a bad LoRA/VAE file
             self.failed.emit(str(exc))
             return
         except Exception as exc:
@@ -181,6 +185,7 @@ class GenerationWorker(QObject):
         p = job.params
         started = time.perf_counter()
         base_seed = p.seed
+        networks.prepare_pipeline(self._pipe, p.embeddings, p.vae or None)
         for index in range(p.batch_count):
             seed = None if base_seed is None else base_seed + index
             request = p.request(seed)
@@ -195,6 +200,7 @@ class GenerationWorker(QObject):
                 raise engine.Cancelled("generation cancelled")
             image = result.images[0]
             meta = p.image_params(result.seed, self._pipe.model_name, self._pipe.model_hash)
+            networks.record_networks(meta, result)
             path = history.new_output_path(job.output_dir, result.seed)
             save_png(image, path, meta)
             saved.append(str(path))

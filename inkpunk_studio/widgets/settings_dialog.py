@@ -1,7 +1,8 @@
-"""The Settings dialog: checkpoint, device, precision, output folder, live preview."""
+"""The Settings dialog: checkpoint, device, precision, VAE, extra model folders, output folder, live preview."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QPlainTextEdit,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -23,6 +25,7 @@ from PySide6.QtWidgets import (
 from .. import paths
 from ..settings import DEVICES, PRECISIONS, AppSettings
 
+AUTOMATIC_VAE = "Automatic (from the checkpoint)"
 CHECKPOINT_FILTER = "Stable Diffusion checkpoints (*.safetensors *.ckpt);;All files (*)"
 
 _DEVICE_LABELS = {"auto": "Automatic (CUDA, then Apple MPS, then CPU)", "cuda": "NVIDIA CUDA",
@@ -38,11 +41,13 @@ class SettingsValues:
     precision: str
     output_dir: str
     preview_enabled: bool
+    vae: str = ""  # "" = Automatic (the checkpoint's own)
+    model_folders: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: AppSettings) -> SettingsValues:
         return cls(settings.checkpoint, settings.device, settings.precision, settings.output_dir,
-                   settings.preview_enabled)
+                   settings.preview_enabled, settings.vae, tuple(settings.model_folders))
 
     def save(self, settings: AppSettings) -> None:
         settings.checkpoint = self.checkpoint
@@ -50,13 +55,17 @@ class SettingsValues:
         settings.precision = self.precision
         settings.output_dir = self.output_dir
         settings.preview_enabled = self.preview_enabled
+        settings.vae = self.vae
+        settings.model_folders = list(self.model_folders)
         settings.sync()
 
 
 class SettingsDialog(QDialog):
     """Edits a :class:`SettingsValues`; the window saves and applies it when accepted."""
 
-    def __init__(self, values: SettingsValues, default_output: str, parent: QWidget | None = None) -> None:
+    def __init__(self, values: SettingsValues, default_output: str, parent: QWidget | None = None,
+                 vae_files: Sequence[tuple[str, str]] = ()) -> None:
+        """`vae_files`: (name, path) of the VAE files in the model folders, offered in `vaeCombo`."""
         super().__init__(parent)
         self.setObjectName("settingsDialog")
         self.setWindowTitle("Settings")
@@ -70,6 +79,20 @@ class SettingsDialog(QDialog):
 
         self.device_combo = self._choices("deviceCombo", DEVICES, _DEVICE_LABELS, values.device)
         self.precision_combo = self._choices("precisionCombo", PRECISIONS, _PRECISION_LABELS, values.precision)
+
+        self.vae_combo = QComboBox(self)
+        self.vae_combo.setObjectName("vaeCombo")
+        self.vae_combo.addItem(AUTOMATIC_VAE, "")
+        for name, path in vae_files:
+            self.vae_combo.addItem(name, path)
+        if values.vae and self.vae_combo.findData(values.vae) < 0:  # a file no folder lists (any more)
+            self.vae_combo.addItem(Path(values.vae).name, values.vae)
+        self.vae_combo.setCurrentIndex(max(0, self.vae_combo.findData(values.vae)))
+
+        self.folders_edit = QPlainTextEdit("\n".join(values.model_folders), self)
+        self.folders_edit.setObjectName("modelFoldersEdit")
+        self.folders_edit.setPlaceholderText("One folder a line, e.g. an AUTOMATIC1111 or ComfyUI models folder")
+        self.folders_edit.setFixedHeight(64)
 
         self.output_edit = QLineEdit(values.output_dir, self)
         self.output_edit.setObjectName("outputDirEdit")
@@ -92,6 +115,8 @@ class SettingsDialog(QDialog):
         form.addRow("Checkpoint", self._pair(self.checkpoint_edit, browse_checkpoint))
         form.addRow("Device", self.device_combo)
         form.addRow("Precision", self.precision_combo)
+        form.addRow("VAE", self.vae_combo)
+        form.addRow("Extra model folders", self.folders_edit)
         form.addRow("Output folder", self._pair(self.output_edit, browse_output))
         form.addRow("", self.preview_check)
 
@@ -153,4 +178,7 @@ class SettingsDialog(QDialog):
                               device=self.device_combo.currentData(),
                               precision=self.precision_combo.currentData(),
                               output_dir=self.output_edit.text().strip(),
-                              preview_enabled=self.preview_check.isChecked())
+                              preview_enabled=self.preview_check.isChecked(),
+                              vae=self.vae_combo.currentData() or "",
+                              model_folders=tuple(line.strip() for line in self.folders_edit.toPlainText().splitlines()
+                                                  if line.strip()))
