@@ -32,6 +32,7 @@ from . import history, paths
 from .favorites import FavoritesController, library_dir
 from .first_run import CHECKPOINT_FILTER, FirstRunDialog
 from .metadata import DISPLAY_NAMES, ImageParams, read_params
+from .networks_ui import NetworksController
 from .settings import AppSettings
 from .widgets.canvas import CanvasPanel
 from .widgets.history_strip import HistoryStrip
@@ -81,6 +82,7 @@ class MainWindow(QMainWindow):
         self.canvas = self.canvas_panel.canvas
         self.history_strip = HistoryStrip()
         self.favorites = FavoritesController(self, library_dir(self.data_dir))
+        self.networks = NetworksController(self)  # Networks tab, model combo, LoRA/embedding/VAE resolution
         self.model_label = QLabel("No model")
         self.model_label.setObjectName("modelStatusLabel")
         self._build_layout()
@@ -90,6 +92,7 @@ class MainWindow(QMainWindow):
         self._restore_session()
         self.prompt_panel.prompt_edit.setFocus()  # type at once (not in the Library's search box)
         self.reload_history()
+        self.networks.refresh()
         self._checkpoint = checkpoint or settings.checkpoint
         if self._checkpoint:
             self.load_checkpoint(self._checkpoint, remember=False)
@@ -112,7 +115,7 @@ class MainWindow(QMainWindow):
 
     def _build_layout(self) -> None:
         sidebar = self._column("sidebar", (14, 14, 14, 14), 12,
-                               [(self.prompt_panel, 1), (self.init_panel, 0), (self.params_panel, 0),
+                               [(self.networks.model_bar, 0), (self.prompt_panel, 1), (self.init_panel, 0), (self.params_panel, 0),
                                 (self.run_bar, 0)])
         scroll = QScrollArea()
         scroll.setObjectName("sidebarScroll")
@@ -128,6 +131,7 @@ class MainWindow(QMainWindow):
         self.stage_tabs.tabBar().setDrawBase(False)
         self.stage_tabs.addTab(self.canvas_panel, "Canvas")
         self.stage_tabs.addTab(self.favorites.page, "Library")
+        self.stage_tabs.addTab(self.networks.panel, "Networks")
         self.favorites.bind_tabs(self.stage_tabs)
         right = self._column("stage", (10, 6, 14, 10), 8, [(self.stage_tabs, 1), (self.history_strip, 0)])
 
@@ -160,7 +164,7 @@ class MainWindow(QMainWindow):
                                             "generateAction")
         self.cancel_action = self._action("Cancel", self.cancel, ["Esc"], "cancelAction")
         file_menu = self.menuBar().addMenu("&File")
-        for item in (self.open_action, folder_action, None, self.settings_action, None, quit_action):
+        for item in (self.open_action, self.networks.convert_action, folder_action, None, self.settings_action, None, quit_action):
             file_menu.addSeparator() if item is None else file_menu.addAction(item)
         run_menu = self.menuBar().addMenu("&Image")
         run_menu.addAction(self.generate_action)
@@ -229,6 +233,7 @@ class MainWindow(QMainWindow):
             self.init_panel.set_strength(meta.strength)
         message = "Parameters restored" + (f" (adjusted: {'; '.join(notes)})" if notes else "")
         self.statusBar().showMessage(message, 6000)
+        self.networks.check_restored(meta)  # missing LoRAs/embeddings/VAE/model, by name and hash
         return notes
 
     def output_dir(self) -> Path:
@@ -246,6 +251,7 @@ class MainWindow(QMainWindow):
             return False
         params = self.current_params()
         try:
+            self.networks.resolve(params)  # LoRA tags -> files (unknown names refused), embeddings, VAE
             params.request(params.seed)  # the engine's own validation, before anything starts
         except ValueError as exc:
             self.show_error("Can't generate", str(exc))
@@ -458,8 +464,9 @@ class MainWindow(QMainWindow):
         self.message_box = None
 
     def show_settings(self) -> None:
+        vaes = [(f.name, str(f.path)) for f in self.networks.folders().scan("vae")]
         dialog = SettingsDialog(SettingsValues.from_settings(self.settings), str(paths.outputs_dir(self.data_dir)),
-                                self)
+                                self, vae_files=vaes)
         dialog.accepted.connect(self._settings_accepted)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.settings_dialog = dialog
@@ -473,6 +480,8 @@ class MainWindow(QMainWindow):
         new.save(self.settings)
         if new.output_dir != old.output_dir:
             self.reload_history()
+        if new.model_folders != old.model_folders:
+            self.networks.refresh()
         model_changed = (new.checkpoint, new.device, new.precision) != (self._checkpoint, old.device, old.precision)
         if new.checkpoint and model_changed:  # while a job runs, the load waits behind it on the worker
             self.load_checkpoint(new.checkpoint, remember=False)
