@@ -28,6 +28,7 @@ from . import paths
 from .metadata import ImageParams
 from .missing_networks import Missing, find_missing, use_matches
 from .networks import ModelFolders, convert_to_safetensors, resolve_params
+from .widgets.network_highlighter import MissingTagHighlighter
 from .widgets.networks_panel import NetworksPanel
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ class NetworksController(QObject):
         self.window = window
         self.panel = NetworksPanel(window.tasks, self.folders)
         self.panel.insertRequested.connect(self.insert)
+        self.highlighter = MissingTagHighlighter(window.prompt_panel.prompt_edit.document())
+        self.panel.refreshed.connect(lambda: self.highlighter.set_known(self.panel.lora_names()))
         self._last_prompt_edit: QPlainTextEdit = window.prompt_panel.prompt_edit
         app = QApplication.instance()
         if app is not None:

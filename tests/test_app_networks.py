@@ -76,6 +76,12 @@ def test_networks_panel_inserts_and_a_run_records_the_hashes(qtbot, open_window,
     rect = loras.visualItemRect(loras.item(0))
     qtbot.mouseClick(loras.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     assert window.prompt_panel.prompt() == "a fox <lora:inkstyle:1>"
+    highlighter = window.networks.highlighter
+    assert highlighter.missing("a <lora:InkStyle:1> <lora:gone:0.5:1>") == ["gone"]
+    window.prompt_panel.set_prompts("<lora:gone:1> <lora:inkstyle:1>", "blurry")
+    block = edit.document().firstBlock()
+    coloured = {(r.start, r.length) for r in block.layout().formats() if r.format.fontUnderline()}
+    assert coloured == {(0, len("<lora:gone:1>"))}
 
     window.networks.panel.search_edit.setText("zzz")
     assert loras.item(0).isHidden()

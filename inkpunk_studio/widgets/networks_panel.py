@@ -129,6 +129,9 @@ class NetworksPanel(QWidget):
             self.empty_label.setText("")
         self._filter(self.search_edit.text())
 
+    def lora_names(self) -> list[str]:
+        return [self.lora_list.item(row).text() for row in range(self.lora_list.count())]
+
     def _filter(self, text: str) -> None:
         needle = text.strip().lower()
         for widget in (self.lora_list, self.embedding_list):
