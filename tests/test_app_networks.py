@@ -158,3 +158,28 @@ def test_settings_offer_the_vae_files_and_extra_folders(qtbot, open_window, data
     dialog.accept()
     assert window.settings.vae == values.vae
     dialog.close()
+
+
+def test_a_broken_lora_file_fails_the_run_with_its_name(qtbot, open_window, data_dir):
+    (data_dir / "models" / "Lora" / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{oops")
+    window = open_window(checkpoint=data_dir / "models" / "tiny.safetensors", data_dir=data_dir)
+    set_small_params(window, prompt="a fox <lora:broken:1>")
+    with qtbot.waitSignal(window.host.failed, timeout=RUN_TIMEOUT_MS) as failed:
+        assert window.generate()
+    assert "broken.safetensors" in failed.args[0]
+    assert not list(data_dir.rglob("outputs/*.png"))
+
+
+def test_convert_the_loaded_ckpt(qtbot, open_window, tmp_path):
+    from engine.testing import write_random_checkpoint
+
+    (tmp_path / "data" / "models").mkdir(parents=True)
+    ckpt = write_random_checkpoint(tmp_path / "data" / "models" / "old.ckpt", seed=2)
+    window = open_window(checkpoint=ckpt, data_dir=tmp_path / "data")
+    action = window.networks.convert_action
+    assert action.isEnabled()
+    with qtbot.waitSignal(window.networks.converted, timeout=60_000) as done:
+        action.trigger()
+    assert done.args[0] == str(tmp_path / "data" / "models" / "old.safetensors") and ckpt.is_file()
+    combo = window.findChild(QComboBox, "modelCombo")
+    assert "old" in [combo.itemText(i) for i in range(combo.count())]
