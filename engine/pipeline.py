@@ -37,7 +37,7 @@ from engine.lora import LoraSet, LoraSpec, normalize_specs, read_lora
 from engine.modelhash import BackgroundHash
 from engine.names import BROWNIAN, DISCARD_PENULTIMATE, SECOND_ORDER, TIMESTEP_SAMPLERS, resolve_sampler
 from engine.preview import latent_preview
-from engine.prompt import extract_extra_networks
+from engine.prompt import extract_extra_networks, tokenize_line
 from engine.request import GenerationRequest, GenerationResult, StepEvent
 from engine.samplers import TAKES_NOISE, TIMESTEPS, get_sampler, unipc
 from engine.schedules import ModelSchedule
@@ -168,12 +168,16 @@ class Pipeline:
                 f"noise must have shape {(req.batch_size, *latent_shape)}, got {tuple(noise.shape)}"
             )
 
-        # prompt schedules: extra-network tags (<lora:...>) leave the text; the LoRAs come from req.loras
+        # LoRAs first (merged into the weights, text encoder included); an empty list restores the plain
+        # weights. Extra-network tags (<lora:...>) only leave the text: the LoRAs come from req.loras.
+        self.set_loras(req.loras)
         prompt, _networks = extract_extra_networks(req.prompt)
         calls = 2 * req.steps if sampler in SECOND_ORDER else req.steps  # A1111 SamplerData.total_steps
-        text = {"emphasis": req.emphasis, "clip_skip": req.clip_skip}
+        embeddings = self.embeddings
+        text = {"emphasis": req.emphasis, "clip_skip": req.clip_skip, "embeddings": embeddings}
         cond = self.conditioner.schedule(prompt, calls, **text)
         uncond = self.conditioner.schedule(req.negative_prompt, calls, **text)
+        used = self._used_embeddings([*cond.texts, *uncond.texts], req.emphasis) if embeddings else set()
         check_cancel()
 
         image_noise = rng.ImageNoise(
@@ -234,7 +238,19 @@ class Pipeline:
         images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype), interrupt=check_cancel)
         check_cancel()
         log.info("generated %d image(s) in %.1f s", req.batch_size, time.perf_counter() - started)
-        return GenerationResult(images=_tensor_to_images(images), seed=seed, seeds=seeds, latents=latents)
+        ti_hashes = {word: h for word, h in self.embedding_hashes.items() if word in used}
+        return GenerationResult(images=_tensor_to_images(images), seed=seed, seeds=seeds, latents=latents,
+                                lora_hashes=self.lora_hashes, ti_hashes=ti_hashes, vae_name=self.vae_name,
+                                vae_hash=self.vae_hash)
+
+    def _used_embeddings(self, texts: Sequence[str], emphasis: str) -> set[str]:
+        """The embedding words these texts invoke (as the conditioner matched them: on token ids), for
+        A1111's `TI hashes`, which lists only the embeddings a prompt used (textual_inversion.py)."""
+        used: set[str] = set()
+        for t in set(texts):
+            chunks, _ = tokenize_line(t, emphasis, self.tokenizer, self.embeddings)
+            used.update(name for chunk in chunks for _, name in chunk.fixes)
+        return used
 
     @cached_property
     def model_schedule(self) -> ModelSchedule:

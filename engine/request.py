@@ -162,7 +162,15 @@ class StepEvent:
 
 @dataclass
 class GenerationResult:
+    """What generate() made, plus the networks it used, as A1111 records them: `lora_hashes` (name ->
+    `Lora hashes` entry), `ti_hashes` (word -> `TI hashes` entry, only the embeddings the prompts invoked),
+    `vae_name`/`vae_hash` of an external VAE (None: the checkpoint's own)."""
+
     images: list  # list[PIL.Image.Image], RGB
     seed: int
     seeds: list[int] = field(default_factory=list)
     latents: torch.Tensor | None = None
+    lora_hashes: dict[str, str] = field(default_factory=dict)
+    ti_hashes: dict[str, str] = field(default_factory=dict)
+    vae_name: str | None = None
+    vae_hash: str | None = None

@@ -34,6 +34,7 @@ from .favorites import FavoritesController, library_dir
 from .fileio import check_output_folder
 from .first_run import CHECKPOINT_FILTER, FirstRunDialog
 from .metadata import DISPLAY_NAMES, ImageParams, read_params
+from .networks_ui import NetworksController
 from .saving import UnsavedImages
 from .settings import AppSettings
 from .step_times import StepTimes, size_warning
@@ -92,6 +93,7 @@ class MainWindow(QMainWindow):
         self.canvas = self.canvas_panel.canvas
         self.history_strip = HistoryStrip()
         self.favorites = FavoritesController(self, library_dir(self.data_dir))
+        self.networks = NetworksController(self)  # Networks tab, model combo, LoRA/embedding/VAE resolution
         self.model_label = QLabel("No model")
         self.model_label.setObjectName("modelStatusLabel")
         self._build_layout()
@@ -101,6 +103,7 @@ class MainWindow(QMainWindow):
         self._restore_session()
         self.prompt_panel.prompt_edit.setFocus()  # type at once (not in the Library's search box)
         self.reload_history()
+        self.networks.refresh()
         self._checkpoint = checkpoint or settings.checkpoint
         if self._checkpoint:
             self.load_checkpoint(self._checkpoint, remember=False)
@@ -123,7 +126,7 @@ class MainWindow(QMainWindow):
 
     def _build_layout(self) -> None:
         sidebar = self._column("sidebar", (14, 14, 14, 14), 12,
-                               [(self.prompt_panel, 1), (self.init_panel, 0), (self.params_panel, 0),
+                               [(self.networks.model_bar, 0), (self.prompt_panel, 1), (self.init_panel, 0), (self.params_panel, 0),
                                 (self.run_bar, 0)])
         scroll = QScrollArea()
         scroll.setObjectName("sidebarScroll")
@@ -139,6 +142,7 @@ class MainWindow(QMainWindow):
         self.stage_tabs.tabBar().setDrawBase(False)
         self.stage_tabs.addTab(self.canvas_panel, "Canvas")
         self.stage_tabs.addTab(self.favorites.page, "Library")
+        self.stage_tabs.addTab(self.networks.panel, "Networks")
         self.favorites.bind_tabs(self.stage_tabs)
         right = self._column("stage", (10, 6, 14, 10), 8, [(self.stage_tabs, 1), (self.history_strip, 0)])
 
@@ -174,8 +178,8 @@ class MainWindow(QMainWindow):
                                             "generateAction")
         self.cancel_action = self._action("Cancel", self.cancel, ["Esc"], "cancelAction")
         file_menu = self.menuBar().addMenu("&File")
-        for item in (self.open_action, folder_action, self.save_unsaved_action, None, self.settings_action, None,
-                     quit_action):
+        for item in (self.open_action, self.networks.convert_action, folder_action, self.save_unsaved_action, None,
+                     self.settings_action, None, quit_action):
             file_menu.addSeparator() if item is None else file_menu.addAction(item)
         run_menu = self.menuBar().addMenu("&Image")
         run_menu.addAction(self.generate_action)
@@ -262,6 +266,7 @@ class MainWindow(QMainWindow):
         if notes:
             message += f" (not restored or adjusted: {'; '.join(notes)})"
         self.statusBar().showMessage(message, 10000 if notes or changed else 6000)
+        self.networks.check_restored(meta)  # missing LoRAs/embeddings/VAE/model, by name and hash
         return notes
 
     def _restore_sampling_settings(self, meta: ImageParams, notes: list[str]) -> list[str]:
@@ -302,6 +307,7 @@ class MainWindow(QMainWindow):
             return False
         params = self.current_params()
         try:
+            self.networks.resolve(params)  # LoRA tags -> files (unknown names refused), embeddings, VAE
             params.request(params.seed)  # the engine's own validation, before anything starts
         except ValueError as exc:
             self.show_error("Can't generate", str(exc))
@@ -607,8 +613,9 @@ class MainWindow(QMainWindow):
         self.message_box = None
 
     def show_settings(self) -> None:
+        vaes = [(f.name, str(f.path)) for f in self.networks.folders().scan("vae")]
         dialog = SettingsDialog(SettingsValues.from_settings(self.settings), str(paths.outputs_dir(self.data_dir)),
-                                self)
+                                self, vae_files=vaes)
         dialog.accepted.connect(self._settings_accepted)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.settings_dialog = dialog
@@ -623,6 +630,8 @@ class MainWindow(QMainWindow):
         self.prompt_panel.set_emphasis(new.emphasis)
         if new.output_dir != old.output_dir:
             self.reload_history()
+        if new.model_folders != old.model_folders:
+            self.networks.refresh()
         model_changed = (new.checkpoint, new.device, new.precision) != (self._checkpoint, old.device, old.precision)
         if new.checkpoint and model_changed:  # while a job runs, the load waits behind it on the worker
             self.load_checkpoint(new.checkpoint, remember=False)

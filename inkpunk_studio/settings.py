@@ -84,6 +84,29 @@ class AppSettings:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
         self._s.setValue("model/precision", value)
 
+    @property
+    def vae(self) -> str:
+        """An external VAE file for every model, or "" for each checkpoint's own ("Automatic")."""
+        return self._str("model/vae")
+
+    @vae.setter
+    def vae(self, value: str) -> None:
+        self._s.setValue("model/vae", str(value or ""))
+
+    @property
+    def model_folders(self) -> list[str]:
+        """Extra models folders (an A1111 or ComfyUI `models` folder used in place), besides <data>/models."""
+        raw = self._str("model/folders")
+        try:
+            value = json.loads(raw) if raw else []
+        except ValueError:
+            return []
+        return [v for v in value if isinstance(v, str) and v] if isinstance(value, list) else []
+
+    @model_folders.setter
+    def model_folders(self, value: list[str]) -> None:
+        self._s.setValue("model/folders", json.dumps([str(v) for v in value if str(v).strip()]))
+
     # --- output and ui
     @property
     def output_dir(self) -> str:

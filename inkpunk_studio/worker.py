@@ -28,7 +28,7 @@ from PySide6.QtWidgets import QApplication
 
 import engine
 
-from . import history
+from . import history, networks
 from .fileio import atomic_write_bytes, describe_write_error
 from .metadata import ImageParams, png_bytes
 from .tokens import count_tokens, warm_up_tokenizer  # noqa: F401 - count_tokens: the old home, kept
@@ -73,6 +73,10 @@ class GenerationParams:
     rng: str = "cpu"
     ensd: int = 0
     emphasis: str = "original"
+    # networks, resolved from the prompt and Settings by inkpunk_studio.networks (not saved with the params)
+    loras: tuple = ()  # GenerationRequest.loras entries: (path, te_weight, unet_weight)
+    embeddings: tuple = ()  # embedding files to have loaded (their words appear in the prompts)
+    vae: str = ""  # an external VAE file, "" for the checkpoint's own
 
     _PLAIN = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
               "batch_count", "strength", "schedule", "clip_skip", "variation_seed", "variation_strength", "rng",
@@ -101,7 +105,7 @@ class GenerationParams:
             init_image=self.init_image, strength=self.strength, schedule=self.schedule, rng=self.rng,
             clip_skip=self.clip_skip, emphasis=self.emphasis,
             variation_seed=self.variation_seed if variation_seed is None else variation_seed,
-            variation_strength=self.variation_strength, ensd=self.ensd)
+            variation_strength=self.variation_strength, ensd=self.ensd, loras=self.loras)
 
     def image_params(self, seed: int, model_name: str = "", model_hash: str = "",
                      variation_seed: int | None = None) -> ImageParams:
@@ -231,7 +235,7 @@ class GenerationWorker(QObject):
         except engine.Cancelled:
             self.cancelled.emit(saved)
             return
-        except ValueError as exc:  # the engine's request validation
+        except (ValueError, engine.CheckpointError) as exc:  # request validation; a bad LoRA/VAE file
             self.failed.emit(str(exc))
             return
         except Exception as exc:
@@ -249,6 +253,7 @@ class GenerationWorker(QObject):
             p = replace(p, variation_seed=random.randrange(2**32))
         started = time.perf_counter()
         base_seed = p.seed
+        networks.prepare_pipeline(self._pipe, p.embeddings, p.vae or None)
         for index in range(p.batch_count):
             seed, variation_seed = p.image_seeds(base_seed, index)
             request = p.request(seed, variation_seed)
@@ -261,22 +266,25 @@ class GenerationWorker(QObject):
                 base_seed = result.seed if p.uses_variation else result.seed - index
             if job.cancel.is_set():  # cancelled during the last step: save nothing more
                 raise engine.Cancelled("generation cancelled")
-            self._keep(job, result.images[0], result.seed, index, saved,
-                       variation_seed if p.uses_variation else None)
+            self._keep(job, result, index, saved, variation_seed if p.uses_variation else None)
 
-    def _metadata(self, params: GenerationParams, seed: int, variation_seed: int | None) -> ImageParams:
-        """The image's parameters; the model hash only if known within HASH_WAIT_S (it never costs an image)."""
+    def _metadata(self, params: GenerationParams, result: Any, variation_seed: int | None) -> ImageParams:
+        """The image's parameters, with the LoRAs/embeddings/VAE it used; the model hash only if known within
+        HASH_WAIT_S (it never costs an image)."""
         try:
             model_hash = self._pipe.wait_model_hash(HASH_WAIT_S)
         except Exception:
             log.exception("no model hash for the image's metadata")
             model_hash = ""
-        return params.image_params(seed, self._pipe.model_name, model_hash, variation_seed)
+        meta = params.image_params(result.seed, self._pipe.model_name, model_hash, variation_seed)
+        networks.record_networks(meta, result)
+        return meta
 
-    def _keep(self, job: GenerationJob, image: Any, seed: int, index: int, saved: list[str],
+    def _keep(self, job: GenerationJob, result: Any, index: int, saved: list[str],
               variation_seed: int | None = None) -> None:
         """Save a finished image; if that fails, hand it to the GUI in memory (imageUnsaved) instead."""
-        meta = self._metadata(job.params, seed, variation_seed)
+        image, seed = result.images[0], result.seed
+        meta = self._metadata(job.params, result, variation_seed)
         try:
             data = png_bytes(image, meta)
         except Exception:  # metadata that PNG text can't hold must not cost the image

@@ -1,8 +1,9 @@
-"""The Settings dialog: checkpoint, device, precision, output folder, live preview, and the sampling settings
-A1111 keeps in its settings too (random number source, ENSD, emphasis mode)."""
+"""The Settings dialog: checkpoint, device, precision, VAE, extra model folders, output folder, live preview,
+and the sampling settings A1111 keeps in its settings too (random number source, ENSD, emphasis mode)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QPlainTextEdit,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -25,6 +27,7 @@ from PySide6.QtWidgets import (
 from .. import paths
 from ..settings import DEVICES, EMPHASIS_MODES, PRECISIONS, RNG_SOURCES, AppSettings
 
+AUTOMATIC_VAE = "Automatic (from the checkpoint)"
 CHECKPOINT_FILTER = "Stable Diffusion checkpoints (*.safetensors *.ckpt);;All files (*)"
 
 _DEVICE_LABELS = {"auto": "Automatic (CUDA, then Apple MPS, then CPU)", "cuda": "NVIDIA CUDA",
@@ -48,11 +51,14 @@ class SettingsValues:
     rng: str = "cpu"
     ensd: int = 0
     emphasis: str = "original"
+    vae: str = ""  # "" = Automatic (the checkpoint's own)
+    model_folders: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: AppSettings) -> SettingsValues:
         return cls(settings.checkpoint, settings.device, settings.precision, settings.output_dir,
-                   settings.preview_enabled, settings.rng, settings.ensd, settings.emphasis)
+                   settings.preview_enabled, settings.rng, settings.ensd, settings.emphasis,
+                   settings.vae, tuple(settings.model_folders))
 
     def save(self, settings: AppSettings) -> None:
         settings.checkpoint = self.checkpoint
@@ -63,13 +69,17 @@ class SettingsValues:
         settings.rng = self.rng
         settings.ensd = self.ensd
         settings.emphasis = self.emphasis
+        settings.vae = self.vae
+        settings.model_folders = list(self.model_folders)
         settings.sync()
 
 
 class SettingsDialog(QDialog):
     """Edits a :class:`SettingsValues`; the window saves and applies it when accepted."""
 
-    def __init__(self, values: SettingsValues, default_output: str, parent: QWidget | None = None) -> None:
+    def __init__(self, values: SettingsValues, default_output: str, parent: QWidget | None = None,
+                 vae_files: Sequence[tuple[str, str]] = ()) -> None:
+        """`vae_files`: (name, path) of the VAE files in the model folders, offered in `vaeCombo`."""
         super().__init__(parent)
         self.setObjectName("settingsDialog")
         self.setWindowTitle("Settings")
@@ -83,6 +93,20 @@ class SettingsDialog(QDialog):
 
         self.device_combo = self._choices("deviceCombo", DEVICES, _DEVICE_LABELS, values.device)
         self.precision_combo = self._choices("precisionCombo", PRECISIONS, _PRECISION_LABELS, values.precision)
+
+        self.vae_combo = QComboBox(self)
+        self.vae_combo.setObjectName("vaeCombo")
+        self.vae_combo.addItem(AUTOMATIC_VAE, "")
+        for name, path in vae_files:
+            self.vae_combo.addItem(name, path)
+        if values.vae and self.vae_combo.findData(values.vae) < 0:  # a file no folder lists (any more)
+            self.vae_combo.addItem(Path(values.vae).name, values.vae)
+        self.vae_combo.setCurrentIndex(max(0, self.vae_combo.findData(values.vae)))
+
+        self.folders_edit = QPlainTextEdit("\n".join(values.model_folders), self)
+        self.folders_edit.setObjectName("modelFoldersEdit")
+        self.folders_edit.setPlaceholderText("One folder a line, e.g. an AUTOMATIC1111 or ComfyUI models folder")
+        self.folders_edit.setFixedHeight(64)
 
         self.output_edit = QLineEdit(values.output_dir, self)
         self.output_edit.setObjectName("outputDirEdit")
@@ -117,6 +141,8 @@ class SettingsDialog(QDialog):
         form.addRow("Checkpoint", self._pair(self.checkpoint_edit, browse_checkpoint))
         form.addRow("Device", self.device_combo)
         form.addRow("Precision", self.precision_combo)
+        form.addRow("VAE", self.vae_combo)
+        form.addRow("Extra model folders", self.folders_edit)
         form.addRow("Output folder", self._pair(self.output_edit, browse_output))
         form.addRow("", self.preview_check)
         form.addRow("Random numbers", self.rng_combo)
@@ -183,4 +209,7 @@ class SettingsDialog(QDialog):
                               output_dir=self.output_edit.text().strip(),
                               preview_enabled=self.preview_check.isChecked(),
                               rng=self.rng_combo.currentData(), ensd=self.ensd_spin.value(),
-                              emphasis=self.emphasis_combo.currentData())
+                              emphasis=self.emphasis_combo.currentData(),
+                              vae=self.vae_combo.currentData() or "",
+                              model_folders=tuple(line.strip() for line in self.folders_edit.toPlainText().splitlines()
+                                                  if line.strip()))
