@@ -13,18 +13,26 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import Cancelled, CheckpointError
-from engine.names import DISPLAY_NAMES, SAMPLERS
+from engine.names import (
+    DEFAULT_SCHEDULE,
+    DISPLAY_NAMES,
+    LEGACY_NAMES,
+    SAMPLERS,
+    SCHEDULE_LABELS,
+    SCHEDULE_NAMES,
+    resolve_sampler,
+)
 from engine.request import GenerationRequest, GenerationResult, StepEvent
 
 if TYPE_CHECKING:
     from engine.pipeline import Pipeline, load_pipeline
-    from engine.samplers import make_sampler
+    from engine.samplers import get_sampler
 
 # name -> the module that defines it, imported on first access (PEP 562).
 _LAZY = {
     "Pipeline": "engine.pipeline",
     "load_pipeline": "engine.pipeline",
-    "make_sampler": "engine.samplers",
+    "get_sampler": "engine.samplers",
 }
 
 
@@ -50,8 +58,12 @@ def count_tokens(text: str) -> int:
 
 
 __all__ = [
+    "DEFAULT_SCHEDULE",
     "DISPLAY_NAMES",
+    "LEGACY_NAMES",
     "SAMPLERS",
+    "SCHEDULE_LABELS",
+    "SCHEDULE_NAMES",
     "Cancelled",
     "CheckpointError",
     "GenerationRequest",
@@ -59,6 +71,7 @@ __all__ = [
     "Pipeline",
     "StepEvent",
     "count_tokens",
+    "get_sampler",
     "load_pipeline",
-    "make_sampler",
+    "resolve_sampler",
 ]

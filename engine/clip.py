@@ -2,7 +2,9 @@
 
 Module names follow transformers' `CLIPTextModel` (`text_model.encoder.layers.N.self_attn.q_proj`, ...), which
 is also how SD1.x checkpoints store it under `cond_stage_model.transformer.`. Output: the final-layer-norm
-hidden states of every token (= transformers' `last_hidden_state`), what SD1.x cross-attends to.
+hidden states of every token (= transformers' `last_hidden_state`), what SD1.x cross-attends to; with clip skip
+N > 1 the hidden states after layer L-N+1 go through the final LayerNorm instead (= `hidden_states[-N]`, as
+A1111 `FrozenCLIPEmbedderWithCustomWords.encode_with_transformers` does).
 """
 
 from __future__ import annotations
@@ -77,11 +79,14 @@ class Embeddings(nn.Module):
         self.token_embedding = Embedding(cfg.vocab_size, cfg.width)
         self.position_embedding = Embedding(cfg.max_positions, cfg.width)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, token_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Token + position embeddings; `token_embeds` (B, N, width), when given, replaces the token lookup
+        (textual inversion writes its vectors there, as A1111's `EmbeddingsWithFixes`)."""
         # Positions are always 0..N-1: the `position_ids` buffer some merged checkpoints store is corrupted
         # (float drift), so it is never read.
         positions = torch.arange(ids.shape[1], device=ids.device)
-        return self.token_embedding(ids) + self.position_embedding(positions)
+        tokens = self.token_embedding(ids) if token_embeds is None else token_embeds
+        return tokens + self.position_embedding(positions)
 
 
 class Encoder(nn.Module):
@@ -99,20 +104,32 @@ class TextModel(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """ids (B, N<=77) -> final-layer-norm hidden states (B, N, width)."""
+    """ids (B, N<=77) -> final-layer-norm hidden states (B, N, width) of the last layer, or with
+    `clip_skip=N` of layer L-N+1 (transformers' `hidden_states[-N]`; 1 = the last layer)."""
 
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
         self.config = cfg
         self.text_model = TextModel(cfg)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.ndim != 2 or ids.shape[1] > self.config.max_positions:
+    def forward(
+        self, ids: torch.Tensor, *, clip_skip: int = 1, token_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        cfg = self.config
+        if ids.ndim != 2 or ids.shape[1] > cfg.max_positions:
+            raise ValueError(f"expected token ids of shape (B, <={cfg.max_positions}), got {tuple(ids.shape)}")
+        if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= cfg.layers:
+            raise ValueError(f"clip skip must be an integer 1..{cfg.layers}, got {clip_skip!r}")
+        if token_embeds is not None and token_embeds.shape != (*ids.shape, cfg.width):
             raise ValueError(
-                f"expected token ids of shape (B, <={self.config.max_positions}), got {tuple(ids.shape)}"
+                f"token_embeds must have shape {(*ids.shape, cfg.width)}, got {tuple(token_embeds.shape)}"
             )
         tm = self.text_model
-        x = tm.embeddings(ids)
-        for layer in tm.encoder.layers:
+        x = tm.embeddings(ids, token_embeds)
+        for layer in tm.encoder.layers[: cfg.layers - clip_skip + 1]:
             x = layer(x)
         return tm.final_layer_norm(x)
+
+    def token_embeds(self, ids: torch.Tensor) -> torch.Tensor:
+        """The input token embeddings (B, N, width) of `ids`, before positions are added."""
+        return self.text_model.embeddings.token_embedding(ids)

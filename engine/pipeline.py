@@ -1,12 +1,13 @@
-"""From prompt to pixels: load_pipeline() and Pipeline.generate().
+"""From prompt to pixels: load_pipeline() and Pipeline.generate(), a short recipe as AUTOMATIC1111 v1.10 runs it.
 
-The loop follows diffusers' StableDiffusionPipeline / StableDiffusionImg2ImgPipeline step for step (CFG with a
-batched uncond/cond pass, `latents = noise * init_noise_sigma`, img2img's start step from `strength`), so the
-same weights, noise and sampler give the same numbers. Differences are deliberate and listed here:
-- prompts over 75 tokens are encoded in 75-token windows and concatenated (A1111's behaviour) instead of cut;
-- initial noise is drawn on the CPU from the seed (image k of a batch from seed + k), so a seed gives the
-  same image on every device;
-- latents stay fp32 between steps whatever the model precision; only the UNet/VAE run in fp16/bf16.
+request -> prompt schedules and conditioning (engine.prompt, engine.conditioning: each distinct text encoded
+once, clip skip, emphasis) -> initial noise (engine.rng: per-image generators, variation, ENSD) -> sigmas
+(engine.schedules, the sampler's "Automatic" schedule, discard-penultimate) -> a CFG denoiser around the UNet
+(engine.denoiser) -> the sampler function (engine.samplers, k-diffusion's shape) -> VAE decode.
+See ../shared/research/a1111-reproduction.md §0, §4.3 (txt2img) and §4.5, §4.7 (img2img). Deliberate
+differences from A1111: noise is always drawn on the CPU (or by the NV emulation), so a seed gives the same
+image on every device; latents stay fp32 between steps whatever the model precision; output pixels are
+rounded, not truncated.
 """
 
 from __future__ import annotations
@@ -24,12 +25,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine import rng
 from engine.checkpoint import load_models
+from engine.conditioning import Conditioner
+from engine.denoiser import CFGDenoiser
 from engine.devices import resolve_device, resolve_dtype
 from engine.errors import Cancelled, CheckpointError
+from engine.names import BROWNIAN, DISCARD_PENULTIMATE, SECOND_ORDER, TIMESTEP_SAMPLERS, resolve_sampler
 from engine.preview import latent_preview
+from engine.prompt import extract_extra_networks
 from engine.request import GenerationRequest, GenerationResult, StepEvent
-from engine.samplers import make_sampler
+from engine.samplers import TAKES_NOISE, TIMESTEPS, get_sampler
+from engine.schedules import ModelSchedule
+from engine.schedules import sigmas as schedule_sigmas
 from engine.tokenizer import Tokenizer
 from engine.vae import SCALING_FACTOR
 
@@ -92,72 +100,113 @@ class Pipeline:
                 digest.update(block)
         return digest.hexdigest()[:10]
 
-    @torch.inference_mode()
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """Texts -> (B, 77 * n, D) context; n > 1 only when some prompt is longer than 75 tokens."""
-        ids = self.tokenizer.chunks(prompts)  # (B, n, 77)
-        batch, n_chunks, length = ids.shape
-        hidden = self.text_encoder(ids.reshape(batch * n_chunks, length).to(self.device))
-        return hidden.reshape(batch, n_chunks * length, hidden.shape[-1])
+    @cached_property
+    def conditioner(self) -> Conditioner:
+        return Conditioner(self.text_encoder, self.tokenizer, self.device, self.dtype)
+
+    def encode_prompt(self, prompts: list[str], *, emphasis: str = "original", clip_skip: int = 1) -> torch.Tensor:
+        """Texts -> (B, 77 * n, D) context, as A1111 encodes one batch; n > 1 for prompts over 75 tokens."""
+        return self.conditioner.encode(prompts, emphasis=emphasis, clip_skip=clip_skip)
 
     @torch.inference_mode()
     def generate(self, req: GenerationRequest, on_step: StepCallback | None = None,
                  cancel: threading.Event | None = None, noise: torch.Tensor | None = None) -> GenerationResult:
-        """Run one request. Raises Cancelled if `cancel` gets set; then nothing is returned."""
+        """Run one request. Raises Cancelled if `cancel` gets set; then nothing is returned.
+
+        `noise` (B, 4, h, w) replaces the initial noise (tests); later draws still come from the seeds.
+        """
         started = time.perf_counter()
 
         def check_cancel() -> None:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("generation cancelled")
 
+        sampler, schedule = resolve_sampler(req.sampler, req.schedule)
         seed = req.seed if req.seed is not None else random.randrange(2**32)
-        seeds = [seed + k for k in range(req.batch_size)]
-        latent_shape = (req.batch_size, 4, req.height // 8, req.width // 8)
-        if noise is None:
-            noise = torch.cat([torch.randn((1, *latent_shape[1:]), generator=torch.Generator("cpu").manual_seed(s))
-                               for s in seeds])
-        elif tuple(noise.shape) != latent_shape:
-            raise ValueError(f"noise must have shape {latent_shape}, got {tuple(noise.shape)}")
-        noise = noise.to(self.device, torch.float32)
-        step_generator = torch.Generator("cpu").manual_seed(seed)  # stochastic samplers' per-step noise
+        seeds, subseeds = rng.batch_seeds(seed, req.batch_size, variation_seed=req.variation_seed,
+                                          variation_strength=req.variation_strength)
+        latent_shape = (4, req.height // 8, req.width // 8)
+        if noise is not None and tuple(noise.shape) != (req.batch_size, *latent_shape):
+            raise ValueError(f"noise must have shape {(req.batch_size, *latent_shape)}, got {tuple(noise.shape)}")
 
-        sampler = make_sampler(req.sampler, req.steps)
-        do_cfg = req.cfg_scale > 1.0  # as diffusers: guidance_scale <= 1 means no unconditional pass
-        texts = [req.negative_prompt] * req.batch_size + [req.prompt] * req.batch_size
-        context = self.encode_prompt(texts if do_cfg else texts[req.batch_size:]).to(self.dtype)
+        # prompt schedules: extra-network tags (<lora:...>) leave the text; the LoRAs come from req.loras
+        prompt, _networks = extract_extra_networks(req.prompt)
+        calls = 2 * req.steps if sampler in SECOND_ORDER else req.steps  # A1111 SamplerData.total_steps
+        text = {"emphasis": req.emphasis, "clip_skip": req.clip_skip}
+        cond = self.conditioner.schedule(prompt, calls, **text)
+        uncond = self.conditioner.schedule(req.negative_prompt, calls, **text)
         check_cancel()
 
-        if req.init_image is not None:
-            start = sampler.start_index(req.strength)
-            pixels = _image_to_tensor(req.init_image).to(self.device, self.vae_dtype)
-            z = self.vae.encode(pixels, generator=torch.Generator("cpu").manual_seed(seed))
-            init_latents = (z.float() * SCALING_FACTOR).expand(req.batch_size, -1, -1, -1)
-            latents = sampler.add_noise(init_latents, noise, start)
+        image_noise = rng.ImageNoise(latent_shape, seeds, source=req.rng, subseeds=subseeds,
+                                     variation_strength=req.variation_strength, ensd=req.ensd)
+        first = image_noise.first()
+        first = (first if noise is None else noise).to(self.device, torch.float32)
+        init = self._encode_init(req, seed) if req.is_img2img else None
+        sigmas, full_sigmas, x = self._start(req, sampler, schedule, first, init)
+
+        denoiser = CFGDenoiser(self.unet, self.model_schedule, cond, uncond, req.cfg_scale, dtype=self.dtype,
+                               interrupt=check_cancel)
+        if sampler in BROWNIAN:
+            from engine.brownian import BrownianTreeNoiseSampler
+
+            # A1111 create_noise_sampler: the full schedule's range as float32 0-d tensors, the image seeds
+            tree = BrownianTreeNoiseSampler(x, full_sigmas[full_sigmas > 0].min(), full_sigmas.max(), seeds,
+                                            source=req.rng)
+            step_noise = lambda s, s_next: tree(s, s_next).to(x.device, torch.float32)
         else:
-            start = 0
-            latents = noise * sampler.init_noise_sigma
+            step_noise = lambda: image_noise.next().to(x.device)
+        total = len(sigmas) - 1
 
-        def interrupt() -> None:  # called by the UNet between blocks: cancel within a fraction of a step
+        def callback(d: dict) -> None:
             check_cancel()
-
-        total = len(sampler.timesteps) - start
-        for i in range(start, len(sampler.timesteps)):
-            check_cancel()
-            model_input = sampler.scale_model_input(latents, i).to(self.dtype)
-            t = sampler.timesteps[i]
-            if do_cfg:
-                # (B, 4, h, w) -> (2B, 4, h, w): uncond and cond in one UNet pass
-                eps = self.unet(torch.cat([model_input, model_input]), t, context, interrupt=interrupt).float()
-                eps_uncond, eps_cond = eps.chunk(2)
-                eps = eps_uncond + req.cfg_scale * (eps_cond - eps_uncond)
-            else:
-                eps = self.unet(model_input, t, context, interrupt=interrupt).float()
-            latents, denoised = sampler.step(eps, i, latents, generator=step_generator)
             if on_step is not None:
-                on_step(StepEvent(step=i - start + 1, total=total, elapsed=time.perf_counter() - started,
-                                  preview=latent_preview(denoised[0])))
+                on_step(StepEvent(step=d["i"] + 1, total=total, elapsed=time.perf_counter() - started,
+                                  preview=latent_preview(d["denoised"][0])))
+
+        kwargs = {"noise": step_noise} if sampler in TAKES_NOISE else {}
+        latents = get_sampler(sampler)(denoiser, x, sigmas, callback=callback, **kwargs)
         check_cancel()
         images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype))
         check_cancel()
         log.info("generated %d image(s) in %.1f s", req.batch_size, time.perf_counter() - started)
         return GenerationResult(images=_tensor_to_images(images), seed=seed, seeds=seeds, latents=latents)
+
+    @cached_property
+    def model_schedule(self) -> ModelSchedule:
+        return ModelSchedule.sd1()
+
+    def _encode_init(self, req: GenerationRequest, seed: int) -> torch.Tensor:
+        """The init image's latent (B, 4, h, w): the VAE posterior sampled with a generator seeded by `seed`."""
+        pixels = _image_to_tensor(req.init_image).to(self.device, self.vae_dtype)
+        z = self.vae.encode(pixels, generator=torch.Generator("cpu").manual_seed(seed))
+        return (z.float() * SCALING_FACTOR).expand(req.batch_size, -1, -1, -1)
+
+    def _start(self, req: GenerationRequest, sampler: str, schedule: str, noise: torch.Tensor,
+               init: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sigmas to run, the full schedule, x to start from). The Brownian samplers' tree spans the full
+        schedule even in img2img (A1111 create_noise_sampler)."""
+        steps = req.steps
+        if sampler in TIMESTEP_SAMPLERS:
+            grid = TIMESTEPS[sampler](steps)[::-1]  # descending training timesteps
+            sigmas = self.model_schedule.sigmas[grid]
+            if sampler == "ddpm":
+                sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])  # its last step goes to alpha_bar = 1
+            if init is None:
+                return sigmas, sigmas, noise  # variance-preserving scale: unit noise
+            if sampler == "ddim":
+                # A1111 sd_samplers_timesteps.sample_img2img: timesteps[:t_enc], noised at timesteps[t_enc]
+                t_enc = int(min(req.strength, 0.999) * steps)
+                start, t_noise = len(grid) - t_enc, grid[::-1][t_enc]
+            else:
+                # DDPM as the seed project ran it: diffusers' img2img start index, noised at that timestep
+                start = steps - min(int(steps * req.strength), steps)
+                t_noise = grid[start]
+            alpha = self.model_schedule.alphas_cumprod[t_noise].item()
+            return sigmas[start:], sigmas, alpha**0.5 * init + (1 - alpha) ** 0.5 * noise
+        sigmas = schedule_sigmas(schedule, steps, discard_penultimate=sampler in DISCARD_PENULTIMATE)
+        if init is None:
+            return sigmas, sigmas, noise * sigmas[0]
+        # A1111 setup_img2img_steps / sample_img2img (img2img_fix_steps off): t_enc + 1 sampler steps
+        t_enc = int(min(req.strength, 0.999) * steps)
+        run = sigmas[steps - t_enc - 1:]
+        return run, sigmas, init + noise * run[0]

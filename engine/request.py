@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.names import SAMPLERS  # not engine.samplers: a request is built without importing torch
+from engine.names import SCHEDULE_NAMES, resolve_sampler  # not engine.samplers: no torch for a request
 
 if TYPE_CHECKING:
     import torch
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds; keep them in signed range for JSON/SQL
 MIN_SIDE, MAX_SIDE = 64, 2048
+# A1111 "CPU", and its Philox emulation of CUDA randn ("NV"); "gpu" is the same as "nv" (engine.rng.randn)
+RNG_SOURCES = ("cpu", "nv", "gpu")
+MAX_CLIP_SKIP = 12
+EMPHASIS_MODES = ("original", "no_norm", "ignore", "none", "comfy")  # as engine.prompt.EMPHASIS_MODES
 
 
 def _is_int(value: Any) -> bool:
@@ -26,7 +31,15 @@ def _is_number(value: Any) -> bool:
 
 @dataclass
 class GenerationRequest:
-    """One txt2img or img2img job. Validated on creation; nothing is silently adjusted."""
+    """One txt2img or img2img job. Validated on creation; nothing is silently adjusted, with one documented
+    exception: a legacy combined sampler name ("dpmpp_2m_karras") is split into sampler and schedule
+    ("dpmpp_2m", "karras"), so saved settings, history and old PNGs keep working.
+
+    schedule: an engine.names.SCHEDULE_NAMES entry; "automatic" is the sampler's A1111 default
+    (engine.names.DEFAULT_SCHEDULE). rng: the noise source, "cpu" or "nv" ("gpu" means "nv").
+    variation_seed/variation_strength: A1111's subseed slerp. ensd: A1111's eta_noise_seed_delta.
+    loras: (path, weight) or (path, te_weight, unet_weight) entries, applied by the LoRA code.
+    """
 
     prompt: str
     negative_prompt: str = ""
@@ -35,10 +48,18 @@ class GenerationRequest:
     width: int = 512
     height: int = 512
     seed: int | None = None
-    sampler: str = "dpmpp_2m_karras"
+    sampler: str = "dpmpp_2m"
     batch_size: int = 1
     init_image: Any = None  # PIL.Image.Image of exactly width x height, or None for txt2img
     strength: float = 0.75
+    schedule: str = "automatic"
+    rng: str = "cpu"
+    clip_skip: int = 1
+    emphasis: str = "original"
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
+    ensd: int = 0
+    loras: tuple = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
@@ -53,8 +74,12 @@ class GenerationRequest:
                 raise ValueError(f"{name} must be a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}, got {side!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
             raise ValueError(f"seed must be None or an integer from 0 to {MAX_SEED}, got {self.seed!r}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        if self.schedule not in SCHEDULE_NAMES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULE_NAMES)}")
+        base, concrete = resolve_sampler(self.sampler, self.schedule)  # ValueError for unknown names
+        if base != self.sampler:  # a legacy combined name: keep its schedule explicit
+            self.sampler, self.schedule = base, concrete
+        self._validate_noise_and_text()
         if not _is_int(self.batch_size) or not 1 <= self.batch_size <= 16:
             raise ValueError(f"batch_size must be an integer from 1 to 16, got {self.batch_size!r}")
         if not _is_number(self.strength) or not 0 <= self.strength <= 1:
@@ -74,9 +99,39 @@ class GenerationRequest:
                     "raise the strength or the steps"
                 )
 
+    def _validate_noise_and_text(self) -> None:
+        if self.rng not in RNG_SOURCES:
+            raise ValueError(f"rng must be one of {', '.join(RNG_SOURCES)}, got {self.rng!r}")
+        if not _is_int(self.clip_skip) or not 1 <= self.clip_skip <= MAX_CLIP_SKIP:
+            raise ValueError(f"clip_skip must be an integer from 1 to {MAX_CLIP_SKIP}, got {self.clip_skip!r}")
+        if self.emphasis not in EMPHASIS_MODES:
+            raise ValueError(f"emphasis must be one of {', '.join(EMPHASIS_MODES)}, got {self.emphasis!r}")
+        if self.variation_seed is not None and (
+            not _is_int(self.variation_seed) or not 0 <= self.variation_seed <= MAX_SEED
+        ):
+            raise ValueError(f"variation_seed must be None or an integer from 0 to {MAX_SEED}, "
+                             f"got {self.variation_seed!r}")
+        if not _is_number(self.variation_strength) or not 0 <= self.variation_strength <= 1:
+            raise ValueError(f"variation_strength must be a number from 0 to 1, got {self.variation_strength!r}")
+        if not _is_int(self.ensd) or not 0 <= self.ensd <= MAX_SEED:
+            raise ValueError(f"ensd must be an integer from 0 to {MAX_SEED}, got {self.ensd!r}")
+        if isinstance(self.loras, (str, bytes)) or not hasattr(self.loras, "__iter__"):
+            raise ValueError(f"loras must be a list of (path, weight) entries, got {self.loras!r}")
+        self.loras = tuple(tuple(entry) if isinstance(entry, (list, tuple)) else entry for entry in self.loras)
+        for entry in self.loras:
+            if (not isinstance(entry, tuple) or len(entry) not in (2, 3) or not isinstance(entry[0], (str, Path))
+                    or not all(_is_number(w) for w in entry[1:])):
+                raise ValueError("each lora must be (path, weight) or (path, te_weight, unet_weight), "
+                                 f"got {entry!r}")
+
     @property
     def is_img2img(self) -> bool:
         return self.init_image is not None
+
+    @property
+    def resolved_schedule(self) -> str:
+        """The concrete schedule name ("automatic" resolved for this sampler; "automatic" for DDIM/DDPM)."""
+        return resolve_sampler(self.sampler, self.schedule)[1]
 
 
 @dataclass

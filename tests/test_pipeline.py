@@ -1,5 +1,6 @@
-"""Whole generations against diffusers' StableDiffusionPipeline holding the same weights, plus the engine's
-own promises: seeds, img2img, long prompts, previews, cancel within a step."""
+"""Whole generations against runs assembled by hand from k-diffusion's own samplers (tests/reference) and the
+CompVisDenoiser + CFG maths written out here, plus the engine's promises: A1111's per-image seeds, variation,
+ENSD, prompt editing by call count, img2img's step slice, previews, cancel within a step."""
 
 from __future__ import annotations
 
@@ -8,18 +9,18 @@ import threading
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 from PIL import Image
-from test_models_parity import reference_models, rel_err
-from test_samplers import REFERENCES, SD15_SCHEDULER_CONFIG
-from transformers import CLIPTokenizer
+from reference.k_diffusion import sampling as kd
+from test_models_parity import rel_err
 
 import engine
-from engine.assets import tokenizer_files
-from engine.checkpoint import read_state_dict
+from engine.brownian import BrownianTreeNoiseSampler
+from engine.schedules import ModelSchedule
 from engine.testing import write_random_checkpoint
 
 SIZE = {"width": 64, "height": 64}
+SHAPE = (4, 8, 8)
+SCHEDULE = ModelSchedule.sd1()
 
 
 @pytest.fixture(scope="module")
@@ -32,53 +33,130 @@ def pipe(ckpt):
     return engine.load_pipeline(ckpt, device="cpu", dtype="fp32")
 
 
-@pytest.fixture(scope="module")
-def reference(ckpt):
-    clip, unet, vae = reference_models(read_state_dict(ckpt))
-    vocab, merges = tokenizer_files()
-    tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
-    return StableDiffusionPipeline(vae=vae, text_encoder=clip, tokenizer=tokenizer, unet=unet,
-                                   scheduler=REFERENCES["ddim"][0].from_config(SD15_SCHEDULER_CONFIG),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+def hand_denoiser(pipe, conds, uncond, cfg_scale, calls):
+    """k-diffusion CompVisDenoiser + A1111 CFGDenoiser, written out: c_in, t = sigma_to_t(sigma) rounded to
+    fp16, x0 = x - sigma * eps, uncond + (cond - uncond) * scale; `conds(k)` is the context of call k."""
+
+    def denoise(x, sigma):
+        s = sigma.reshape(-1, 1, 1, 1)
+        t = SCHEDULE.sigma_to_t(sigma).half().float()
+        x_in = x / (s**2 + 1) ** 0.5
+        b = x.shape[0]
+        cond = conds(len(calls)).expand(b, -1, -1)
+        calls.append(t[0].item())
+        with torch.no_grad():
+            d_cond = x - s * pipe.unet(x_in, t, cond)
+            d_uncond = x - s * pipe.unet(x_in, t, uncond.expand(b, -1, -1))
+        return d_uncond + (d_cond - d_uncond) * cfg_scale
+
+    return denoise
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "euler", "dpmpp_2m", "dpmpp_2m_karras"])
-def test_txt2img_matches_diffusers(pipe, reference, sampler):
-    cls, overrides = REFERENCES[sampler]
-    reference.scheduler = cls.from_config(SD15_SCHEDULER_CONFIG, **overrides)
-    noise = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(7))
-    kwargs = dict(prompt="nvinkpunk a fox in a trench coat", negative_prompt="blurry, lowres",
-                  num_inference_steps=8, guidance_scale=7.5, num_images_per_prompt=2, **SIZE)
-    captured = {}
-
-    def keep_latents(_pipe, _i, _t, callback_kwargs):
-        captured["latents"] = callback_kwargs["latents"]
-        return callback_kwargs
-
-    with torch.no_grad():
-        ref_images = reference(**kwargs, latents=noise.clone(), output_type="np",
-                               callback_on_step_end=keep_latents).images
-    ref_latents = captured["latents"]
-    req = engine.GenerationRequest(prompt=kwargs["prompt"], negative_prompt=kwargs["negative_prompt"], steps=8,
-                                   cfg_scale=7.5, sampler=sampler, batch_size=2, seed=1, **SIZE)
-    res = pipe.generate(req, noise=noise)
-    assert rel_err(res.latents, ref_latents) <= 1e-3
-    ours = np.stack([np.asarray(im, dtype=np.float32) / 255 for im in res.images])
-    assert np.abs(ours - ref_images).max() <= 2 / 255  # identical up to uint8 rounding
+def generators(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-def test_seeds_reproduce_and_differ(pipe):
-    req = engine.GenerationRequest(prompt="ink", steps=3, seed=123, sampler="euler_a", batch_size=2, **SIZE)
-    first, again = pipe.generate(req), pipe.generate(req)
-    assert first.seeds == [123, 124]
-    assert torch.equal(first.latents, again.latents)
-    other = pipe.generate(engine.GenerationRequest(prompt="ink", steps=3, seed=9, sampler="euler_a", **SIZE))
-    assert not torch.allclose(first.latents[:1], other.latents)
-    # image k of a batch is the image its own seed makes alone (deterministic samplers)
-    batch = pipe.generate(engine.GenerationRequest(prompt="ink", steps=3, seed=50, sampler="ddim", batch_size=2,
-                                                   **SIZE))
-    single = pipe.generate(engine.GenerationRequest(prompt="ink", steps=3, seed=51, sampler="ddim", **SIZE))
-    assert rel_err(batch.latents[1:], single.latents) < 1e-5
+def draw(gens):
+    """A1111 ImageRNG with the CPU source: each image's own generator, one (4, h, w) draw each."""
+    return torch.stack([torch.randn(SHAPE, generator=g) for g in gens])
+
+
+def uniform_sigmas(n):
+    return SCHEDULE.uniform(n)
+
+
+def discard_penultimate(sigmas):
+    return torch.cat([sigmas[:-2], sigmas[-1:]])
+
+
+@pytest.mark.parametrize(
+    "sampler, make_sigmas, reference",
+    [
+        ("dpmpp_2m", lambda n: kd.get_sigmas_karras(n, SCHEDULE.sigma_min, SCHEDULE.sigma_max),
+         kd.sample_dpmpp_2m),
+        ("euler_a", uniform_sigmas, kd.sample_euler_ancestral),
+        ("lms", uniform_sigmas, kd.sample_lms),
+        # DPM2: Karras with the penultimate sigma dropped (one more computed, then cut)
+        ("dpm2", lambda n: discard_penultimate(kd.get_sigmas_karras(n + 1, SCHEDULE.sigma_min, SCHEDULE.sigma_max)),
+         kd.sample_dpm_2),
+        ("dpmpp_2m_sde", lambda n: kd.get_sigmas_exponential(n, SCHEDULE.sigma_min, SCHEDULE.sigma_max),
+         kd.sample_dpmpp_2m_sde),
+    ],
+)
+def test_txt2img_equals_k_diffusion_run_assembled_by_hand(pipe, sampler, make_sigmas, reference):
+    prompt, negative, steps, seeds = "nvinkpunk a fox in a trench coat", "blurry, lowres", 4, [11, 12]
+    req = engine.GenerationRequest(prompt=prompt, negative_prompt=negative, steps=steps, cfg_scale=7.5,
+                                   sampler=sampler, batch_size=2, seed=seeds[0], **SIZE)
+    res = pipe.generate(req)
+    assert res.seeds == seeds
+
+    cond, uncond = pipe.encode_prompt([prompt]), pipe.encode_prompt([negative])
+    gens = generators(seeds)
+    sigmas = make_sigmas(steps)
+    x = draw(gens) * sigmas[0]
+    kwargs = {"noise_sampler": lambda s, sn: draw(gens)} if sampler == "euler_a" else {}
+    if sampler == "dpmpp_2m_sde":  # engine.brownian is checked against k-diffusion + torchsde on its own
+        kwargs = {"noise_sampler": BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seeds)}
+    calls = []
+    expected = reference(hand_denoiser(pipe, lambda k: cond, uncond, 7.5, calls), x, sigmas, **kwargs)
+    assert rel_err(res.latents, expected) <= 1e-4
+    assert all(t == round(t * 2) / 2 for t in calls if t >= 512)  # fp16 steps of 0.5 above t = 512
+
+
+@pytest.mark.parametrize("sampler, switch_after", [("euler", 1), ("heun", 3)])
+def test_prompt_editing_switches_at_a1111s_call(pipe, sampler, switch_after):
+    # Euler, 3 calls: "[cat:dog:1]" uses "cat" for calls 0 and 1 (k <= 1, A1111's off-by-one); Heun's schedule
+    # is built for 2 * steps = 6 calls (it makes 5), so "[cat:dog:3]" switches after calls 0..3.
+    steps = 3
+    edit = f"a [cat:dog:{switch_after}]"
+    req = engine.GenerationRequest(prompt=edit, steps=steps, seed=4, sampler=sampler, **SIZE)
+    res = pipe.generate(req)
+    cat, dog, uncond = pipe.encode_prompt(["a cat"]), pipe.encode_prompt(["a dog"]), pipe.encode_prompt([""])
+    sigmas = uniform_sigmas(steps)
+    x = draw(generators([4])) * sigmas[0]
+    calls = []
+    ref = {"euler": kd.sample_euler, "heun": kd.sample_heun}[sampler]
+    expected = ref(hand_denoiser(pipe, lambda k: cat if k <= switch_after else dog, uncond, req.cfg_scale, calls),
+                   x, sigmas)
+    assert len(calls) == (5 if sampler == "heun" else 3)
+    assert rel_err(res.latents, expected) <= 1e-4
+    plain = pipe.generate(engine.GenerationRequest(prompt="a cat", steps=steps, seed=4, sampler=sampler, **SIZE))
+    assert not torch.allclose(plain.latents, res.latents)
+
+
+def test_ddim_runs_a1111s_grid(pipe):
+    events = []
+    req = engine.GenerationRequest(prompt="ink", steps=4, seed=2, sampler="ddim", cfg_scale=1.0, **SIZE)
+    res = pipe.generate(req, on_step=events.append)
+    assert [e.step for e in events] == [1, 2, 3] and events[0].total == 3  # len(grid) - 1 calls
+    cond = pipe.encode_prompt(["ink"])
+    x = draw(generators([2]))
+    for t_now, t_prev in [(751, 501), (501, 251), (251, 1)]:
+        a, a_prev = SCHEDULE.alphas_cumprod[t_now].item(), SCHEDULE.alphas_cumprod[t_prev].item()
+        with torch.no_grad():
+            eps = pipe.unet(x, torch.tensor([float(t_now)]), cond)
+        x0 = (x - (1 - a) ** 0.5 * eps) / a**0.5
+        x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+    assert rel_err(res.latents, x) <= 1e-4
+
+
+def test_seeds_variation_rng_and_ensd(pipe):
+    def run(**kw):
+        base = {"prompt": "ink", "steps": 3, "seed": 123, "sampler": "euler_a", **SIZE}
+        return pipe.generate(engine.GenerationRequest(**{**base, **kw})).latents
+
+    first = run(batch_size=2)
+    assert torch.equal(first, run(batch_size=2))
+    assert rel_err(first[1:], run(seed=124)) < 1e-5  # image k of a batch is its own seed's image
+    assert not torch.allclose(first[:1], run(seed=9))
+    assert not torch.allclose(run(), run(ensd=31337))
+    assert not torch.allclose(run(), run(rng="nv")) and torch.equal(run(rng="nv"), run(rng="nv"))
+    assert torch.equal(run(), run(variation_seed=5, variation_strength=0.0))
+    assert not torch.allclose(run(), run(variation_seed=5, variation_strength=0.3))
+    # deterministic sampler: strength 1 is the variation seed's own noise (A1111 slerp at 1)
+    full = run(sampler="dpmpp_2m", variation_seed=5, variation_strength=1.0)
+    assert rel_err(full, run(sampler="dpmpp_2m", seed=5)) < 1e-4
+    assert torch.equal(run(sampler="dpmpp_2m"), run(sampler="dpmpp_2m", ensd=31337))
 
 
 def test_random_seed_is_reported(pipe):
@@ -87,35 +165,44 @@ def test_random_seed_is_reported(pipe):
     assert torch.equal(res.latents, again.latents)
 
 
-def test_img2img_reproducible_and_follows_strength(pipe):
-    rng = np.random.default_rng(0)
-    init = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    init_latents = None
+def test_img2img_runs_a1111s_slice(pipe):
+    init = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
 
-    def run(strength: float, seed: int = 5):
-        req = engine.GenerationRequest(prompt="ink", steps=10, seed=seed, init_image=init, strength=strength,
-                                       sampler="dpmpp_2m_karras", **SIZE)
-        return pipe.generate(req)
+    def run(strength, sampler="dpmpp_2m"):
+        events = []
+        req = engine.GenerationRequest(prompt="ink", steps=10, seed=5, init_image=init, strength=strength,
+                                       sampler=sampler, **SIZE)
+        return pipe.generate(req, on_step=events.append), events
 
-    low, low_again, high = run(0.2), run(0.2), run(1.0)
-    assert torch.equal(low.latents, low_again.latents)
+    (low, events), (again, _), (high, _) = run(0.2), run(0.2), run(1.0)
+    assert torch.equal(low.latents, again.latents)
+    assert len(events) == int(0.2 * 10) + 1 == 3  # t_enc + 1 sampler steps
     with torch.no_grad():
-        init_latents = pipe.vae.encode(torch.from_numpy(np.asarray(init, dtype=np.float32) / 127.5 - 1)
-                                       .permute(2, 0, 1)[None]) * 0.18215
-    # low strength stays near the picture it started from; strength 1 has forgotten it
+        pixels = torch.from_numpy(np.asarray(init, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+        init_latents = pipe.vae.encode(pixels, generator=torch.Generator().manual_seed(5)) * 0.18215
+    # the hand run: sigmas[steps - t_enc - 1:], x = init + noise * sigma_start
+    sigmas = kd.get_sigmas_karras(10, SCHEDULE.sigma_min, SCHEDULE.sigma_max)[10 - 2 - 1:]
+    x = init_latents + draw(generators([5])) * sigmas[0]
+    cond, uncond = pipe.encode_prompt(["ink"]), pipe.encode_prompt([""])
+    expected = kd.sample_dpmpp_2m(hand_denoiser(pipe, lambda k: cond, uncond, 7.5, []), x, sigmas)
+    assert rel_err(low.latents, expected) <= 1e-4
     assert rel_err(low.latents, init_latents) < rel_err(high.latents, init_latents)
-    assert np.isfinite(np.asarray(low.images[0], dtype=np.float32)).all()
+    for sampler, n_events in (("ddim", 1), ("ddpm", 2)):  # DDIM: t_enc - 1 calls; DDPM: int(steps * strength)
+        assert len(run(0.2, sampler)[1]) == n_events
 
 
-def test_long_prompt_is_chunked_not_cut(pipe):
+def test_long_prompt_is_chunked_and_run_apart_from_a_short_negative(pipe):
     long_prompt = ", ".join(["nvinkpunk neon ink splash"] * 30)  # ~150 tokens
-    n_tokens = pipe.tokenizer.count_tokens(long_prompt)
-    assert n_tokens > 150
     context = pipe.encode_prompt([long_prompt, ""])
-    assert context.shape[:2] == (2, -(-n_tokens // 75) * 77)
-    res = pipe.generate(engine.GenerationRequest(prompt=long_prompt, steps=2, seed=1, **SIZE))
-    short = pipe.generate(engine.GenerationRequest(prompt="nvinkpunk neon ink splash", steps=2, seed=1, **SIZE))
-    assert not torch.equal(res.latents, short.latents)  # the tail of the prompt mattered
+    chunks = context.shape[1] // 77
+    assert chunks >= 2 and context.shape[:2] == (2, chunks * 77)  # "" padded with empty chunks in one batch
+    res = pipe.generate(engine.GenerationRequest(prompt=long_prompt, steps=2, seed=1, sampler="euler", **SIZE))
+    cond, uncond = pipe.encode_prompt([long_prompt]), pipe.encode_prompt([""])
+    assert cond.shape[1] == chunks * 77 and uncond.shape[1] == 77  # different lengths: two UNet passes
+    sigmas = uniform_sigmas(2)
+    x = draw(generators([1])) * sigmas[0]
+    expected = kd.sample_euler(hand_denoiser(pipe, lambda k: cond, uncond, 7.5, []), x, sigmas)
+    assert rel_err(res.latents, expected) <= 1e-4
 
 
 def test_step_events_with_previews(pipe):

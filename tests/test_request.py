@@ -10,7 +10,28 @@ from engine.request import GenerationRequest
 
 def test_defaults_are_valid():
     req = GenerationRequest(prompt="nvinkpunk a fox")
-    assert req.sampler == "dpmpp_2m_karras" and not req.is_img2img
+    assert req.sampler == "dpmpp_2m" and req.schedule == "automatic" and req.resolved_schedule == "karras"
+    assert (req.rng, req.clip_skip, req.emphasis, req.variation_seed, req.variation_strength, req.ensd,
+            req.loras) == ("cpu", 1, "original", None, 0.0, 0, ())
+    assert not req.is_img2img
+
+
+def test_legacy_combined_sampler_names_keep_working():
+    req = GenerationRequest(prompt="x", sampler="dpmpp_2m_karras")
+    assert (req.sampler, req.schedule) == ("dpmpp_2m", "karras")
+    assert GenerationRequest(prompt="x", sampler="dpmpp_2m_karras", schedule="karras").schedule == "karras"
+    with pytest.raises(ValueError, match="already means the karras schedule"):
+        GenerationRequest(prompt="x", sampler="dpmpp_2m_karras", schedule="exponential")
+    req = GenerationRequest(prompt="x", sampler="ddim", schedule="karras")
+    assert (req.schedule, req.resolved_schedule) == ("karras", "automatic")  # DDIM walks its own grid
+
+
+def test_loras_are_path_and_weights():
+    req = GenerationRequest(prompt="x", loras=[["a.safetensors", 0.8], ("b.safetensors", 1.0, 0.5)])
+    assert req.loras == (("a.safetensors", 0.8), ("b.safetensors", 1.0, 0.5))
+    for bad in ("a.safetensors", [("a.safetensors",)], [("a", "strong")], [(3, 1.0)]):
+        with pytest.raises(ValueError, match="lora"):
+            GenerationRequest(prompt="x", loras=bad)
 
 
 @pytest.mark.parametrize(
@@ -27,7 +48,17 @@ def test_defaults_are_valid():
         ("height", 4096, "height"),
         ("seed", -1, "seed"),
         ("seed", 2**64, "seed"),
-        ("sampler", "plms", "dpmpp_2m_karras"),
+        ("sampler", "plms", "dpmpp_2m"),
+        ("sampler", None, "sampler"),
+        ("schedule", "Karras", "unknown schedule"),
+        ("rng", "cuda", "rng"),
+        ("clip_skip", 0, "clip_skip"),
+        ("clip_skip", 13, "clip_skip"),
+        ("emphasis", "Original", "emphasis"),
+        ("variation_seed", -5, "variation_seed"),
+        ("variation_strength", 1.5, "variation_strength"),
+        ("ensd", -1, "ensd"),
+        ("ensd", 0.5, "ensd"),
         ("batch_size", 0, "batch_size"),
         ("strength", 1.5, "strength"),
     ],

@@ -73,3 +73,19 @@ def test_bad_input(tok):
         tok([None])
     with pytest.raises(ValueError):
         tok([])
+
+
+def test_tokenize_gives_bare_ids(tok, reference):
+    texts = ["a cat, dog", "", "Café"]
+    assert tok.tokenize(texts) == [reference(t, add_special_tokens=False).input_ids for t in texts]
+    assert tok.comma_id == 267 == reference.get_vocab()[",</w>"]
+
+
+def test_tokenizer_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys\nfrom engine.tokenizer import default_tokenizer\ndefault_tokenizer().tokenize(['a'])\n" \
+        "print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

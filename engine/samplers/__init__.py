@@ -1,69 +1,58 @@
-"""Samplers: one small file each (timesteps + step()), after diffusers' single-file scheduler policy.
+"""Samplers with k-diffusion's shape, one small file per family: `fn(denoiser, x, sigmas, *, callback=None,
+noise=None, ...) -> x`. See engine/samplers/common.py for the contract of each argument.
 
-Every sampler reproduces the diffusers scheduler of the same kind built from SD1.5's scheduler config.
-The pipeline drives them by absolute step index::
-
-    sampler = make_sampler("dpmpp_2m_karras", steps)
-    x = noise * sampler.init_noise_sigma          # img2img: x = sampler.add_noise(x0, noise, start)
-    for i in range(start, len(sampler.timesteps)):
-        eps = unet(sampler.scale_model_input(x, i), sampler.timesteps[i], context)
-        x, denoised = sampler.step(eps, i, x, generator)
-
-A sampler object holds per-run state (the DPM++ history) and is used for one generation only.
+The k-diffusion samplers (Euler ... DPM++ 3M SDE) start from `x = noise * sigmas[0]` and end at sigma 0.
+The timestep samplers (DDIM, UniPC, DDPM; engine.names.TIMESTEP_SAMPLERS) walk their own grid of training
+timesteps (`timesteps(steps)` in their module) in the variance-preserving scale: `x = noise` to start.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
 
 import torch
 
-from engine.names import DISPLAY_NAMES
-from engine.samplers.ddim import DDIMSampler
-from engine.samplers.ddpm import DDPMSampler
-from engine.samplers.dpmpp_2m import DPMPP2MSampler
-from engine.samplers.dpmpp_2m_karras import DPMPP2MKarrasSampler
-from engine.samplers.euler import EulerSampler
-from engine.samplers.euler_a import EulerAncestralSampler
+from engine.names import DISPLAY_NAMES, TIMESTEP_SAMPLERS
+from engine.samplers import ddim, ddpm
+from engine.samplers.dpm2 import sample_dpm2, sample_dpm2_a
+from engine.samplers.dpmpp import sample_dpmpp_2m, sample_dpmpp_2s_a
+from engine.samplers.dpmpp_sde import sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_dpmpp_sde
+from engine.samplers.euler import sample_euler, sample_euler_a
+from engine.samplers.heun import sample_heun
+from engine.samplers.lms import sample_lms
 
+SamplerFn = Callable[..., torch.Tensor]
 
-class Sampler(Protocol):
-    stochastic: bool
-    timesteps: torch.Tensor
-    init_noise_sigma: float
-
-    def scale_model_input(self, sample: torch.Tensor, i: int) -> torch.Tensor: ...
-
-    def step(
-        self,
-        model_output: torch.Tensor,
-        i: int,
-        sample: torch.Tensor,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, i: int) -> torch.Tensor: ...
-
-    def start_index(self, strength: float) -> int: ...
-
-
-SAMPLERS: dict[str, type] = {
-    "ddpm": DDPMSampler,
-    "ddim": DDIMSampler,
-    "euler": EulerSampler,
-    "euler_a": EulerAncestralSampler,
-    "dpmpp_2m": DPMPP2MSampler,
-    "dpmpp_2m_karras": DPMPP2MKarrasSampler,
+SAMPLERS: dict[str, SamplerFn] = {
+    "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_sde": sample_dpmpp_sde,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "dpmpp_2s_a": sample_dpmpp_2s_a,
+    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
+    "euler_a": sample_euler_a,
+    "euler": sample_euler,
+    "lms": sample_lms,
+    "heun": sample_heun,
+    "dpm2": sample_dpm2,
+    "dpm2_a": sample_dpm2_a,
+    "ddim": ddim.sample_ddim,
+    "ddpm": ddpm.sample_ddpm,
 }
 
+# Each timestep sampler's grid: steps -> ascending training timesteps.
+TIMESTEPS: dict[str, Callable[[int], list[int]]] = {"ddim": ddim.timesteps, "ddpm": ddpm.timesteps}
 
-def make_sampler(name: str, num_inference_steps: int) -> Sampler:
-    """A fresh sampler for one generation; ValueError for an unknown name or a step count outside 1..1000."""
+# Samplers that take a `noise` argument (ancestral: noise(); SDE: noise(sigma, sigma_next)).
+TAKES_NOISE: frozenset[str] = frozenset(
+    {"euler_a", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim", "ddpm",
+     "euler", "heun", "dpm2"})
+
+
+def get_sampler(name: str) -> SamplerFn:
+    """The sampler function for an engine name (engine.names.SAMPLERS); ValueError for any other name."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid names: {', '.join(SAMPLERS)}")
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
-        raise TypeError(f"steps must be an integer, got {num_inference_steps!r}")
-    return SAMPLERS[name](num_inference_steps)
+    return SAMPLERS[name]
 
 
-__all__ = ["DISPLAY_NAMES", "SAMPLERS", "Sampler", "make_sampler"]
+__all__ = ["DISPLAY_NAMES", "SAMPLERS", "TAKES_NOISE", "TIMESTEPS", "TIMESTEP_SAMPLERS", "get_sampler"]

@@ -1,0 +1,1 @@
+"""Third-party reference code the tests compare the engine against (each with its licence)."""
