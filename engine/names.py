@@ -23,6 +23,8 @@ SAMPLERS: tuple[str, ...] = (
     "dpm2_a",
     "ddim",
     "ddpm",
+    "lcm",
+    "tcd",
 )
 
 # The labels A1111 writes into its "Sampler:" metadata (DDPM is ours: A1111 has no such sampler).
@@ -40,6 +42,8 @@ DISPLAY_NAMES: dict[str, str] = {
     "dpm2_a": "DPM2 a",
     "ddim": "DDIM",
     "ddpm": "DDPM",
+    "lcm": "LCM",
+    "tcd": "TCD",
 }
 
 # Schedule names in A1111's menu order (modules/sd_schedulers.py `schedulers`), "automatic" first: the
@@ -67,8 +71,9 @@ SCHEDULE_LABELS: dict[str, str] = {
 }
 
 # Samplers that walk their own timestep grid (A1111 >= 1.6 sd_samplers_timesteps.py; DDPM is diffusers'
-# 'leading' grid): the Schedule type does not apply to them and A1111 writes none for DDIM/UniPC.
-TIMESTEP_SAMPLERS: frozenset[str] = frozenset({"ddim", "ddpm"})
+# 'leading' grid; LCM and TCD pick theirs from the 50-step distillation grid as diffusers' LCMScheduler and
+# TCDScheduler do): the Schedule type does not apply to them and A1111 writes none for DDIM/UniPC.
+TIMESTEP_SAMPLERS: frozenset[str] = frozenset({"ddim", "ddpm", "lcm", "tcd"})
 
 # What "Automatic" means for each sampler in A1111 v1.9-v1.10 (None: the sampler's own timesteps).
 DEFAULT_SCHEDULE: dict[str, str | None] = {
@@ -85,6 +90,8 @@ DEFAULT_SCHEDULE: dict[str, str | None] = {
     "dpm2_a": "karras",
     "ddim": None,
     "ddpm": None,
+    "lcm": None,
+    "tcd": None,
 }
 
 # Flags of A1111's sampler table (research notes §4.2, §4.6):

@@ -35,7 +35,7 @@ from engine.names import BROWNIAN, DISCARD_PENULTIMATE, SECOND_ORDER, TIMESTEP_S
 from engine.preview import latent_preview
 from engine.prompt import extract_extra_networks
 from engine.request import GenerationRequest, GenerationResult, StepEvent
-from engine.samplers import TAKES_NOISE, TIMESTEPS, get_sampler
+from engine.samplers import ENDS_AT_ZERO, TAKES_NOISE, TIMESTEPS, get_sampler
 from engine.schedules import ModelSchedule
 from engine.schedules import sigmas as schedule_sigmas
 from engine.tokenizer import Tokenizer
@@ -189,8 +189,8 @@ class Pipeline:
         if sampler in TIMESTEP_SAMPLERS:
             grid = TIMESTEPS[sampler](steps)[::-1]  # descending training timesteps
             sigmas = self.model_schedule.sigmas[grid]
-            if sampler == "ddpm":
-                sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])  # its last step goes to alpha_bar = 1
+            if sampler in ENDS_AT_ZERO:
+                sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])  # the last step goes to the clean sample
             if init is None:
                 return sigmas, sigmas, noise  # variance-preserving scale: unit noise
             if sampler == "ddim":
