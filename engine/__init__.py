@@ -27,12 +27,15 @@ from engine.request import GenerationRequest, GenerationResult, StepEvent
 if TYPE_CHECKING:
     from engine.pipeline import Pipeline, load_pipeline
     from engine.samplers import get_sampler
+    from engine.taesd import TinyAutoencoder, load_taesd
 
 # name -> the module that defines it, imported on first access (PEP 562).
 _LAZY = {
     "Pipeline": "engine.pipeline",
     "load_pipeline": "engine.pipeline",
     "get_sampler": "engine.samplers",
+    "TinyAutoencoder": "engine.taesd",
+    "load_taesd": "engine.taesd",
 }
 
 
@@ -70,8 +73,10 @@ __all__ = [
     "GenerationResult",
     "Pipeline",
     "StepEvent",
+    "TinyAutoencoder",
     "count_tokens",
     "get_sampler",
     "load_pipeline",
+    "load_taesd",
     "resolve_sampler",
 ]

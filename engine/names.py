@@ -94,6 +94,9 @@ DEFAULT_SCHEDULE: dict[str, str | None] = {
     "tcd": None,
 }
 
+# The most steps a sampler takes (the few-step samplers pick their steps from a 50-step distillation grid).
+MAX_STEPS: dict[str, int] = {"lcm": 50, "tcd": 50}
+
 # Flags of A1111's sampler table (research notes §4.2, §4.6):
 # two UNet calls per step, so the prompt schedule counts 2 * steps calls;
 SECOND_ORDER: frozenset[str] = frozenset({"heun", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde"})

@@ -38,6 +38,7 @@ from engine.request import GenerationRequest, GenerationResult, StepEvent
 from engine.samplers import ENDS_AT_ZERO, TAKES_NOISE, TIMESTEPS, get_sampler
 from engine.schedules import ModelSchedule
 from engine.schedules import sigmas as schedule_sigmas
+from engine.taesd import StepPreviewer, TinyAutoencoder, load_taesd
 from engine.tokenizer import Tokenizer
 from engine.vae import SCALING_FACTOR
 
@@ -74,6 +75,9 @@ def _tensor_to_images(images: torch.Tensor) -> list[Image.Image]:
 
 class Pipeline:
     """Loaded models plus the sampling loop. Not thread-safe: run one generate() at a time."""
+
+    taesd: TinyAutoencoder | None = None  # set_taesd(): previews that look like the picture, the fast decode
+    preview_budget: float | None = 0.05  # TAESD previews' share of the sampling time (None: every step)
 
     def __init__(self, models, tokenizer: Tokenizer, device: torch.device, dtype: torch.dtype,
                  vae_dtype: torch.dtype, path: Path):
@@ -122,6 +126,7 @@ class Pipeline:
                 raise Cancelled("generation cancelled")
 
         sampler, schedule = resolve_sampler(req.sampler, req.schedule)
+        self._check_decoder(req)
         seed = req.seed if req.seed is not None else random.randrange(2**32)
         seeds, subseeds = rng.batch_seeds(seed, req.batch_size, variation_seed=req.variation_seed,
                                           variation_strength=req.variation_strength)
@@ -156,17 +161,22 @@ class Pipeline:
         else:
             step_noise = lambda: image_noise.next().to(x.device)
         total = len(sigmas) - 1
+        tiny_preview = StepPreviewer(self.taesd, self.preview_budget) if self._taesd_has("decoder") else None
 
         def callback(d: dict) -> None:
             check_cancel()
             if on_step is not None:
+                preview = latent_preview(d["denoised"][0]) if tiny_preview is None else tiny_preview(d["denoised"])
                 on_step(StepEvent(step=d["i"] + 1, total=total, elapsed=time.perf_counter() - started,
-                                  preview=latent_preview(d["denoised"][0])))
+                                  preview=preview))
 
         kwargs = {"noise": step_noise} if sampler in TAKES_NOISE else {}
         latents = get_sampler(sampler)(denoiser, x, sigmas, callback=callback, **kwargs)
         check_cancel()
-        images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype))
+        if req.decoder == "taesd":
+            images = self.taesd.decode(latents)
+        else:
+            images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype))
         check_cancel()
         log.info("generated %d image(s) in %.1f s", req.batch_size, time.perf_counter() - started)
         return GenerationResult(images=_tensor_to_images(images), seed=seed, seeds=seeds, latents=latents)
@@ -177,9 +187,33 @@ class Pipeline:
 
     def _encode_init(self, req: GenerationRequest, seed: int) -> torch.Tensor:
         """The init image's latent (B, 4, h, w): the VAE posterior sampled with a generator seeded by `seed`."""
+        if req.decoder == "taesd":
+            return self.taesd.encode(_image_to_tensor(req.init_image)).expand(req.batch_size, -1, -1, -1)
         pixels = _image_to_tensor(req.init_image).to(self.device, self.vae_dtype)
         z = self.vae.encode(pixels, generator=torch.Generator("cpu").manual_seed(seed))
         return (z.float() * SCALING_FACTOR).expand(req.batch_size, -1, -1, -1)
+
+    # --- TAESD (engine.taesd) ------------------------------------------------------------------------------
+
+    def set_taesd(self, taesd: str | Path | TinyAutoencoder | None) -> None:
+        """Attach a tiny autoencoder (a file or folder for engine.taesd.load_taesd, or a loaded one), or detach
+        it with None. Attached, its decoder makes the step previews, and requests with decoder="taesd" use it.
+        Raises CheckpointError for a bad file (and keeps the one attached before)."""
+        if taesd is not None and not isinstance(taesd, TinyAutoencoder):
+            taesd = load_taesd(taesd, device=self.device, dtype=self.dtype)
+        self.taesd = taesd
+
+    def _taesd_has(self, part: str) -> bool:
+        return self.taesd is not None and getattr(self.taesd, part) is not None
+
+    def _check_decoder(self, req: GenerationRequest) -> None:
+        if req.decoder != "taesd":
+            return
+        for part, needed in (("decoder", True), ("encoder", req.is_img2img)):
+            if needed and not self._taesd_has(part):
+                what = "no TAESD is attached" if self.taesd is None else f"the attached TAESD has no {part}"
+                raise ValueError(f"decoder 'taesd' needs a tiny auto{part} but {what}: call set_taesd() with the "
+                                 f"taesd_{part} file, or use decoder 'vae'")
 
     def _start(self, req: GenerationRequest, sampler: str, schedule: str, noise: torch.Tensor,
                init: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
