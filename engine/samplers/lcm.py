@@ -41,12 +41,12 @@ def boundary_scalings(t: int) -> tuple[float, float]:
     return c_skip, c_out
 
 
-def sigma_timesteps(sigmas: torch.Tensor, schedule: ModelSchedule) -> list[int]:
-    """The training timestep of each sigma (exact for sigmas taken from `schedule.sigmas`); 0 for sigma 0."""
-    out = []
-    for s in sigmas.float():
-        out.append(0 if s <= 0 else int(schedule.sigma_to_t(s.reshape(1)).round().item()))
-    return out
+def read_grid(sigmas: torch.Tensor, schedule: ModelSchedule | None) -> tuple[list[int], torch.Tensor]:
+    """(the training timestep of each sigma, exact for sigmas taken from the schedule, 0 for sigma 0; the
+    schedule's alpha_bar table in float64). `schedule` None: SD 1.x's."""
+    schedule = schedule if schedule is not None else ModelSchedule.sd1()
+    ts = [0 if s <= 0 else int(schedule.sigma_to_t(s.reshape(1)).round().item()) for s in sigmas.float()]
+    return ts, schedule.alphas_cumprod.double()
 
 
 @torch.no_grad()
@@ -56,11 +56,9 @@ def sample_lcm(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
     """`sigmas`: the grid's sigmas descending (engine.samplers.lcm.timesteps) plus a trailing 0; `x`: VP-scaled
     (unit noise for txt2img). `noise()` gives the fresh noise of each step but the last. `schedule`: the model's
     noise levels (SD 1.x by default), to read each sigma's timestep and alpha_bar."""
-    schedule = schedule if schedule is not None else ModelSchedule.sd1()
     draw = step_noise(noise, x)
     s_in = x.new_ones([x.shape[0]])
-    ts = sigma_timesteps(sigmas, schedule)
-    alphas = schedule.alphas_cumprod.double()
+    ts, alphas = read_grid(sigmas, schedule)
     for i in range(len(sigmas) - 1):
         t = ts[i]
         a_t = alphas[t].item()

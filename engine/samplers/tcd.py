@@ -15,7 +15,7 @@ import math
 import torch
 
 from engine.samplers.common import Denoiser, NoiseFn, StepCallback, step_noise
-from engine.samplers.lcm import sigma_timesteps, timesteps
+from engine.samplers.lcm import read_grid, timesteps
 from engine.schedules import ModelSchedule
 
 __all__ = ["DEFAULT_GAMMA", "sample_tcd", "timesteps"]  # timesteps: LCM's 50-step distillation grid
@@ -31,11 +31,9 @@ def sample_tcd(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
     `gamma` in [0, 1]: diffusers' `eta`. `noise()` gives the fresh noise of each step but the last."""
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be from 0 to 1, got {gamma}")
-    schedule = schedule if schedule is not None else ModelSchedule.sd1()
     draw = step_noise(noise, x)
+    ts, alphas = read_grid(sigmas, schedule)
     s_in = x.new_ones([x.shape[0]])
-    ts = sigma_timesteps(sigmas, schedule)
-    alphas = schedule.alphas_cumprod.double()
     for i in range(len(sigmas) - 1):
         t, t_next = ts[i], ts[i + 1]  # the trailing sigma 0 reads as diffusers' final prev_timestep 0
         t_s = math.floor((1 - gamma) * t_next)
