@@ -3,7 +3,7 @@
 request -> prompt schedules and conditioning (engine.prompt, engine.conditioning: each distinct text encoded
 once, clip skip, emphasis) -> initial noise (engine.rng: per-image generators, variation, ENSD) -> sigmas
 (engine.schedules, the sampler's "Automatic" schedule, discard-penultimate) -> a CFG denoiser around the UNet
-(engine.denoiser) -> the sampler function (engine.samplers, k-diffusion's shape) -> VAE decode.
+(engine.denoiser) -> the sampler function (engine.samplers, k-diffusion's shape) -> VAE (or TAESD) decode.
 See ../shared/research/a1111-reproduction.md §0, §4.3 (txt2img) and §4.5, §4.7 (img2img). Deliberate
 differences from A1111: noise is always drawn on the CPU (or by the NV emulation), so a seed gives the same
 image on every device; latents stay fp32 between steps whatever the model precision; output pixels are

@@ -171,6 +171,10 @@ def test_pipeline_previews_and_decodes_with_taesd(pipe, tmp_path):
     pipe.set_taesd(write_random_taesd(tmp_path / "diffusion_pytorch_model.safetensors", seed=7))
     pipe.preview_budget = None  # every step (the tiny UNet is cheaper than TAESD)
     try:
+        attached = pipe.taesd
+        with pytest.raises(engine.CheckpointError):
+            pipe.set_taesd(tmp_path / "missing.safetensors")
+        assert pipe.taesd is attached  # a failed load keeps the one attached before
         events = []
         res = pipe.generate(engine.GenerationRequest(**req, decoder="taesd"), on_step=events.append)
         vae_res = pipe.generate(engine.GenerationRequest(**req))
