@@ -17,6 +17,7 @@ from engine.names import (
     DEFAULT_SCHEDULE,
     DISPLAY_NAMES,
     LEGACY_NAMES,
+    MAX_STEPS,
     SAMPLERS,
     SCHEDULE_LABELS,
     SCHEDULE_NAMES,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from engine.lora import LoraSet, apply_loras
     from engine.pipeline import Pipeline, load_pipeline
     from engine.samplers import get_sampler
+    from engine.taesd import TinyAutoencoder, load_taesd
     from engine.vae_file import load_vae
 
 # name -> the module that defines it, imported on first access (PEP 562).
@@ -47,6 +49,8 @@ _LAZY = {
     "lora_hash": "engine.hashes",
     "model_hash": "engine.hashes",
     "vae_hash": "engine.hashes",
+    "TinyAutoencoder": "engine.taesd",
+    "load_taesd": "engine.taesd",
 }
 
 
@@ -75,6 +79,7 @@ __all__ = [
     "DEFAULT_SCHEDULE",
     "DISPLAY_NAMES",
     "LEGACY_NAMES",
+    "MAX_STEPS",
     "SAMPLERS",
     "SCHEDULE_LABELS",
     "SCHEDULE_NAMES",
@@ -86,6 +91,7 @@ __all__ = [
     "LoraSet",
     "Pipeline",
     "StepEvent",
+    "TinyAutoencoder",
     "addnet_hash",
     "apply_loras",
     "count_tokens",
@@ -93,6 +99,7 @@ __all__ = [
     "get_sampler",
     "load_embedding",
     "load_pipeline",
+    "load_taesd",
     "load_vae",
     "lora_hash",
     "model_hash",

@@ -9,8 +9,9 @@ and A1111's `modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward`:
   samplers' schedules are built for 2 * steps calls);
 - cond and uncond run as one batch [cond rows, uncond rows] when their token lengths match, as two UNet
   passes when they do not (A1111's default without "pad conds");
-- guidance on the x0 estimates: uncond + (cond - uncond) * cfg_scale. At cfg_scale 1 the uncond pass is
-  skipped (the result is the cond estimate either way);
+- guidance on the x0 estimates: uncond + (cond - uncond) * cfg_scale. At cfg_scale <= 1 the uncond pass is
+  skipped and the cond estimate used: at 1 it is that either way; below 1 as diffusers' pipelines do
+  (`do_classifier_free_guidance = guidance_scale > 1`) and the few-step LoRAs (LCM, TCD) expect;
 - the timestep is rounded to float16 before the UNet, as A1111's `sd_hijack_unet.apply_model` does for its
   default fp16 UNet (e.g. t = 961.733 -> 961.5): the same t reaches the sinusoidal embedding on every device.
 """
@@ -85,7 +86,7 @@ class CFGDenoiser:
             t = torch.as_tensor(timestep, dtype=torch.float32).detach().cpu().reshape(-1).expand(batch)
             t = t.half().float() if self.round_t_fp16 else t
         cond = self.cond.at(self.step).expand(batch, -1, -1)
-        if self.cfg_scale == 1.0:
+        if self.cfg_scale <= 1.0:
             eps = self.eps(x_in, t, cond)
             denoised = x - s * eps
         else:

@@ -24,6 +24,8 @@ SAMPLERS: tuple[str, ...] = (
     "ddim",
     "unipc",
     "ddpm",
+    "lcm",
+    "tcd",
 )
 
 # The labels A1111 writes into its "Sampler:" metadata (DDPM is ours: A1111 has no such sampler).
@@ -42,6 +44,8 @@ DISPLAY_NAMES: dict[str, str] = {
     "ddim": "DDIM",
     "unipc": "UniPC",
     "ddpm": "DDPM",
+    "lcm": "LCM",
+    "tcd": "TCD",
 }
 
 # Schedule names in A1111's menu order (modules/sd_schedulers.py `schedulers`), "automatic" first: the
@@ -69,8 +73,9 @@ SCHEDULE_LABELS: dict[str, str] = {
 }
 
 # Samplers that walk their own timestep grid (A1111 >= 1.6 sd_samplers_timesteps.py; DDPM is diffusers'
-# 'leading' grid): the Schedule type does not apply to them and A1111 writes none for DDIM/UniPC.
-TIMESTEP_SAMPLERS: frozenset[str] = frozenset({"ddim", "unipc", "ddpm"})
+# 'leading' grid; LCM and TCD pick theirs from the 50-step distillation grid as diffusers' LCMScheduler and
+# TCDScheduler do): the Schedule type does not apply to them and A1111 writes none for DDIM/UniPC.
+TIMESTEP_SAMPLERS: frozenset[str] = frozenset({"ddim", "unipc", "ddpm", "lcm", "tcd"})
 
 # What "Automatic" means for each sampler in A1111 v1.9-v1.10 (None: the sampler's own timesteps).
 DEFAULT_SCHEDULE: dict[str, str | None] = {
@@ -88,7 +93,12 @@ DEFAULT_SCHEDULE: dict[str, str | None] = {
     "ddim": None,
     "unipc": None,
     "ddpm": None,
+    "lcm": None,
+    "tcd": None,
 }
+
+# The most steps a sampler takes (the few-step samplers pick their steps from a 50-step distillation grid).
+MAX_STEPS: dict[str, int] = {"lcm": 50, "tcd": 50}
 
 # Flags of A1111's sampler table (research notes §4.2, §4.6):
 # two UNet calls per step, so the prompt schedule counts 2 * steps calls;

@@ -3,7 +3,7 @@
 request -> prompt schedules and conditioning (engine.prompt, engine.conditioning: each distinct text encoded
 once, clip skip, emphasis) -> initial noise (engine.rng: per-image generators, variation, ENSD) -> sigmas
 (engine.schedules, the sampler's "Automatic" schedule, discard-penultimate) -> a CFG denoiser around the UNet
-(engine.denoiser) -> the sampler function (engine.samplers, k-diffusion's shape) -> VAE decode.
+(engine.denoiser) -> the sampler function (engine.samplers, k-diffusion's shape) -> VAE (or TAESD) decode.
 See ../shared/research/a1111-reproduction.md §0, §4.3 (txt2img) and §4.5, §4.7 (img2img). Deliberate
 differences from A1111: noise is always drawn on the CPU (or by the NV emulation), so a seed gives the same
 image on every device; latents stay fp32 between steps whatever the model precision; output pixels are
@@ -39,9 +39,10 @@ from engine.names import BROWNIAN, DISCARD_PENULTIMATE, SECOND_ORDER, TIMESTEP_S
 from engine.preview import latent_preview
 from engine.prompt import extract_extra_networks, tokenize_line
 from engine.request import GenerationRequest, GenerationResult, StepEvent
-from engine.samplers import TAKES_NOISE, TIMESTEPS, get_sampler, unipc
+from engine.samplers import ENDS_AT_ZERO, TAKES_NOISE, TIMESTEPS, get_sampler, unipc
 from engine.schedules import ModelSchedule
 from engine.schedules import sigmas as schedule_sigmas
+from engine.taesd import StepPreviewer, TinyAutoencoder, load_taesd
 from engine.tokenizer import Tokenizer
 from engine.vae import SCALING_FACTOR
 from engine.vae_file import load_vae
@@ -91,6 +92,9 @@ def _tensor_to_images(images: torch.Tensor) -> list[Image.Image]:
 
 class Pipeline:
     """Loaded models plus the sampling loop. Not thread-safe: run one generate() at a time."""
+
+    taesd: TinyAutoencoder | None = None  # set_taesd(): previews that look like the picture, the fast decode
+    preview_budget: float | None = 0.05  # TAESD previews' share of the sampling time (None: every step)
 
     def __init__(self, models, tokenizer: Tokenizer, device: torch.device, dtype: torch.dtype,
                  vae_dtype: torch.dtype, path: Path, model_hash: BackgroundHash | None = None):
@@ -158,6 +162,7 @@ class Pipeline:
                 raise Cancelled("generation cancelled")
 
         sampler, schedule = resolve_sampler(req.sampler, req.schedule)
+        self._check_decoder(req)
         seed = req.seed if req.seed is not None else random.randrange(2**32)
         seeds, subseeds = rng.batch_seeds(
             seed, req.batch_size, variation_seed=req.variation_seed, variation_strength=req.variation_strength
@@ -218,24 +223,23 @@ class Pipeline:
                 return image_noise.next().to(x.device)
 
         total = len(sigmas) - 1
+        tiny_preview = StepPreviewer(self.taesd, self.preview_budget) if self._taesd_has("decoder") else None
 
         def callback(d: dict) -> None:
             check_cancel()
             if on_step is not None:
-                on_step(
-                    StepEvent(
-                        step=d["i"] + 1,
-                        total=total,
-                        elapsed=time.perf_counter() - started,
-                        preview=latent_preview(d["denoised"][0]),
-                    )
-                )
+                preview = latent_preview(d["denoised"][0]) if tiny_preview is None else tiny_preview(d["denoised"])
+                on_step(StepEvent(step=d["i"] + 1, total=total, elapsed=time.perf_counter() - started,
+                                  preview=preview))
 
         if sampler in TAKES_NOISE:
             kwargs["noise"] = step_noise
         latents = get_sampler(sampler)(denoiser, x, sigmas, callback=callback, **kwargs)
         check_cancel()
-        images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype), interrupt=check_cancel)
+        if req.decoder == "taesd":
+            images = self.taesd.decode(latents)
+        else:
+            images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype), interrupt=check_cancel)
         check_cancel()
         log.info("generated %d image(s) in %.1f s", req.batch_size, time.perf_counter() - started)
         ti_hashes = {word: h for word, h in self.embedding_hashes.items() if word in used}
@@ -258,9 +262,33 @@ class Pipeline:
 
     def _encode_init(self, req: GenerationRequest, seed: int) -> torch.Tensor:
         """The init image's latent (B, 4, h, w): the VAE posterior sampled with a generator seeded `seed`."""
+        if req.decoder == "taesd":
+            return self.taesd.encode(_image_to_tensor(req.init_image)).expand(req.batch_size, -1, -1, -1)
         pixels = _image_to_tensor(req.init_image).to(self.device, self.vae_dtype)
         z = self.vae.encode(pixels, generator=torch.Generator("cpu").manual_seed(seed))
         return (z.float() * SCALING_FACTOR).expand(req.batch_size, -1, -1, -1)
+
+    # --- TAESD (engine.taesd) ------------------------------------------------------------------------------
+
+    def set_taesd(self, taesd: str | Path | TinyAutoencoder | None) -> None:
+        """Attach a tiny autoencoder (a file or folder for engine.taesd.load_taesd, or a loaded one), or detach
+        it with None. Attached, its decoder makes the step previews, and requests with decoder="taesd" use it.
+        Raises CheckpointError for a bad file (and keeps the one attached before)."""
+        if taesd is not None and not isinstance(taesd, TinyAutoencoder):
+            taesd = load_taesd(taesd, device=self.device, dtype=self.dtype)
+        self.taesd = taesd
+
+    def _taesd_has(self, part: str) -> bool:
+        return self.taesd is not None and getattr(self.taesd, part) is not None
+
+    def _check_decoder(self, req: GenerationRequest) -> None:
+        if req.decoder != "taesd":
+            return
+        for part, needed in (("decoder", True), ("encoder", req.is_img2img)):
+            if needed and not self._taesd_has(part):
+                what = "no TAESD is attached" if self.taesd is None else f"the attached TAESD has no {part}"
+                raise ValueError(f"decoder 'taesd' needs a tiny auto{part} but {what}: call set_taesd() with the "
+                                 f"taesd_{part} file, or use decoder 'vae'")
 
     def _start(
         self,
@@ -278,8 +306,8 @@ class Pipeline:
         if sampler in TIMESTEP_SAMPLERS:
             grid = TIMESTEPS[sampler](steps)[::-1]  # descending training timesteps
             sigmas = self.model_schedule.sigmas[grid]
-            if sampler == "ddpm":
-                sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])  # its last step goes to alpha_bar = 1
+            if sampler in ENDS_AT_ZERO:
+                sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])  # the last step goes to the clean sample
             if init is None:
                 return sigmas, sigmas, noise, {}  # variance-preserving scale: unit noise
             if sampler == "ddim":
@@ -287,7 +315,7 @@ class Pipeline:
                 t_enc = int(min(req.strength, 0.999) * steps)
                 start, t_noise = len(grid) - t_enc, grid[::-1][t_enc]
             else:
-                # DDPM as the seed project ran it: diffusers' img2img start index, noised at that timestep
+                # DDPM (as the seed project ran it), LCM, TCD: diffusers' img2img start index, noised there
                 start = steps - min(int(steps * req.strength), steps)
                 t_noise = grid[start]
             alpha = self.model_schedule.alphas_cumprod[t_noise].item()

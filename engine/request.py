@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.names import SCHEDULE_NAMES, resolve_sampler  # not engine.samplers: no torch for a request
+from engine.names import MAX_STEPS, SCHEDULE_NAMES, resolve_sampler  # not engine.samplers: no torch here
 
 if TYPE_CHECKING:
     import torch
@@ -19,6 +19,7 @@ MIN_SIDE, MAX_SIDE = 64, 2048
 RNG_SOURCES = ("cpu", "nv", "gpu")
 MAX_CLIP_SKIP = 12
 EMPHASIS_MODES = ("original", "no_norm", "ignore", "none", "comfy")  # as engine.prompt.EMPHASIS_MODES
+DECODERS = ("vae", "taesd")  # the final decode: the checkpoint's VAE, or the TAESD attached to the pipeline
 
 
 def _is_int(value: Any) -> bool:
@@ -39,6 +40,8 @@ class GenerationRequest:
     (engine.names.DEFAULT_SCHEDULE). rng: the noise source, "cpu" or "nv" ("gpu" means "nv").
     variation_seed/variation_strength: A1111's subseed slerp. ensd: A1111's eta_noise_seed_delta.
     loras: (path, weight) or (path, te_weight, unet_weight) entries, applied by the LoRA code.
+    decoder: "vae" (default) or "taesd": the tiny autoencoder (Pipeline.set_taesd) decodes the result, and
+    encodes the init image in img2img.
     """
 
     prompt: str
@@ -60,6 +63,7 @@ class GenerationRequest:
     variation_strength: float = 0.0
     ensd: int = 0
     loras: tuple = ()
+    decoder: str = "vae"
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
@@ -83,6 +87,11 @@ class GenerationRequest:
         base, concrete = resolve_sampler(self.sampler, self.schedule)  # ValueError for unknown names
         if base != self.sampler:  # a legacy combined name: keep its schedule explicit
             self.sampler, self.schedule = base, concrete
+        if self.steps > MAX_STEPS.get(self.sampler, self.steps):
+            raise ValueError(f"steps must be from 1 to {MAX_STEPS[self.sampler]} for {self.sampler}, "
+                             f"got {self.steps}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         self._validate_noise_and_text()
         if not _is_int(self.batch_size) or not 1 <= self.batch_size <= 16:
             raise ValueError(f"batch_size must be an integer from 1 to 16, got {self.batch_size!r}")
@@ -152,7 +161,9 @@ class GenerationRequest:
 
 @dataclass
 class StepEvent:
-    """Reported after each denoising step. `preview` is uint8 (h, w, 3) at latent resolution, or None."""
+    """Reported after each denoising step. `preview` is uint8 (h, w, 3): at latent resolution (the cheap
+    colour map), or from the pipeline's TAESD at image resolution or a power-of-2 fraction of it; None when
+    skipped."""
 
     step: int  # 1-based
     total: int

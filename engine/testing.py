@@ -117,3 +117,42 @@ def write_random_checkpoint(
     else:
         raise ValueError(f"unsupported checkpoint suffix {path.suffix!r} (use .safetensors or .ckpt)")
     return path
+
+
+def taesd_state_dict(*, layout: str = "diffusers", part: str = "both", seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random TAESD (engine.taesd) state dict: `layout` "diffusers" (encoder.layers.N, decoder.layers.N) or
+    "original" (taesd_encoder / taesd_decoder keys N..., the decoder's shifted by its Clamp); `part` "both",
+    "encoder" or "decoder" ("original" holds one part per file, so it needs one of the two)."""
+    from engine.taesd import TinyAutoencoder
+
+    if layout not in ("diffusers", "original") or part not in ("both", "encoder", "decoder"):
+        raise ValueError(f"unknown TAESD layout/part {layout!r}/{part!r}")
+    if layout == "original" and part == "both":
+        raise ValueError("the original TAESD layout has one file per part: pass part='encoder' or 'decoder'")
+    with torch.device("meta"):
+        model = TinyAutoencoder(encoder=part != "decoder", decoder=part != "encoder")
+    state = random_state_dict(model, np.random.default_rng(seed), torch.float32)
+    if layout == "diffusers":
+        return state
+    prefix = f"{part}.layers."
+    shift = 1 if part == "decoder" else 0
+    out = {}
+    for key, value in state.items():
+        index, rest = key[len(prefix):].split(".", 1)
+        out[f"{int(index) + shift}.{rest}"] = value
+    return out
+
+
+def write_random_taesd(path: str | Path, *, layout: str = "diffusers", part: str = "both", seed: int = 0) -> Path:
+    """Write `taesd_state_dict(...)` as `.safetensors` or a weights-only `.pth`/`.pt` pickle (by suffix)."""
+    path = Path(path)
+    state = taesd_state_dict(layout=layout, part=part, seed=seed)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    elif path.suffix.lower() in {".pth", ".pt"}:
+        torch.save(state, path)
+    else:
+        raise ValueError(f"unsupported TAESD suffix {path.suffix!r} (use .safetensors or .pth)")
+    return path

@@ -16,6 +16,7 @@ SAMPLER_LABELS: dict[str, str] = {
     "euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "dpm2": "DPM2", "dpm2_a": "DPM2 a", "lms": "LMS",
     "dpmpp_2s_a": "DPM++ 2S a", "dpmpp_2m": "DPM++ 2M", "dpmpp_sde": "DPM++ SDE", "dpmpp_2m_sde": "DPM++ 2M SDE",
     "dpmpp_3m_sde": "DPM++ 3M SDE", "ddim": "DDIM", "unipc": "UniPC", "ddpm": "DDPM",
+    "lcm": "LCM", "tcd": "TCD",
 }
 # Old combined names (sampler + schedule), still accepted from saved settings, history and the library.
 LEGACY_SAMPLERS: dict[str, tuple[str, str]] = {"dpmpp_2m_karras": ("dpmpp_2m", "karras")}
@@ -32,7 +33,7 @@ _OTHER_SCHEDULES = ("KL Optimal", "Align Your Steps GITS", "Align Your Steps 11"
                     "Align Your Steps", "DDIM", "Beta", "Turbo", "Linear Quadratic")
 
 # Samplers that take their own timesteps: A1111 ignores "Schedule type" for them (sd_samplers_timesteps.py).
-TIMESTEP_SAMPLERS = frozenset({"ddim", "unipc", "ddpm"})
+TIMESTEP_SAMPLERS = frozenset({"ddim", "unipc", "ddpm", "lcm", "tcd"})
 
 # lower-cased A1111 label or alias -> (engine sampler, schedule or None)
 _A1111: dict[str, tuple[str, str | None]] = {label.lower(): (name, None) for name, label in SAMPLER_LABELS.items()}
@@ -58,7 +59,7 @@ COMFY_SAMPLERS: dict[str, str] = {
     "euler": "euler", "euler_ancestral": "euler_a", "heun": "heun", "dpm_2": "dpm2", "dpm_2_ancestral": "dpm2_a",
     "lms": "lms", "dpmpp_2s_ancestral": "dpmpp_2s_a", "dpmpp_sde": "dpmpp_sde", "dpmpp_2m": "dpmpp_2m",
     "dpmpp_2m_sde": "dpmpp_2m_sde", "dpmpp_3m_sde": "dpmpp_3m_sde", "ddim": "euler", "uni_pc": "unipc",
-    "ddpm": "ddpm",
+    "ddpm": "ddpm", "lcm": "lcm",
 }
 COMFY_SCHEDULES: dict[str, str] = {"normal": "normal", "karras": "karras", "exponential": "exponential",
                                    "sgm_uniform": "sgm_uniform", "simple": "simple"}
