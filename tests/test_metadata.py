@@ -64,7 +64,8 @@ def test_parse_known_a1111_string() -> None:
         ("Sampler: DDIM", "ddim", {}),
         ("Sampler: DDPM", "ddpm", {}),
         ("Sampler: Euler, Schedule type: Karras", "euler", {"Schedule type": "Karras"}),
-        ("Sampler: UniPC", "dpmpp_2m_karras", {"Sampler": "UniPC"}),
+        ("Sampler: UniPC", "unipc", {}),
+        ("Sampler: PLMS", "dpmpp_2m_karras", {"Sampler": "PLMS"}),
     ],
 )
 def test_sampler_names(sampler_part: str, expected: str, extra: dict) -> None:
