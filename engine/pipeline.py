@@ -169,6 +169,7 @@ class Pipeline:
         first = (first if noise is None else noise).to(self.device, torch.float32)
         init = self._encode_init(req, seed) if req.is_img2img else None
         sigmas, full_sigmas, x, kwargs = self._start(req, sampler, schedule, first, init)
+        sigmas = sigmas.to(self.device)  # k-diffusion append_dims makes (1, 1, 1, 1) sigmas: on x's device
 
         denoiser = CFGDenoiser(
             self.unet,
