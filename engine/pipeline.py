@@ -90,6 +90,27 @@ def _tensor_to_images(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arrays]
 
 
+def _step_noise(
+    sampler: str,
+    x: torch.Tensor,
+    full_sigmas: torch.Tensor,
+    seeds: list[int],
+    source: str,
+    image_noise: rng.ImageNoise,
+) -> Callable[..., torch.Tensor]:
+    """The samplers' `noise`: for the SDE samplers a Brownian tree per image over the full schedule's range
+    (A1111 create_noise_sampler: float32 0-d sigmas, the image seeds; ENSD does not apply), otherwise A1111's
+    randn_like, the next draw of each image's generator (after ENSD's re-seed)."""
+    if sampler in BROWNIAN:
+        from engine.brownian import BrownianTreeNoiseSampler
+
+        tree = BrownianTreeNoiseSampler(
+            x, full_sigmas[full_sigmas > 0].min(), full_sigmas.max(), seeds, source=source
+        )
+        return lambda sigma, sigma_next: tree(sigma, sigma_next).to(x.device, torch.float32)
+    return lambda: image_noise.next().to(x.device)
+
+
 class Pipeline:
     """Loaded models plus the sampling loop. Not thread-safe: run one generate() at a time."""
 
@@ -197,6 +218,7 @@ class Pipeline:
         first = (first if noise is None else noise).to(self.device, torch.float32)
         init = self._encode_init(req, seed) if req.is_img2img else None
         sigmas, full_sigmas, x, kwargs = self._start(req, sampler, schedule, first, init)
+        sigmas = sigmas.to(self.device)  # k-diffusion append_dims makes (1, 1, 1, 1) sigmas: on x's device
 
         denoiser = CFGDenoiser(
             self.unet,
@@ -207,21 +229,6 @@ class Pipeline:
             dtype=self.dtype,
             interrupt=check_cancel,
         )
-        if sampler in BROWNIAN:
-            from engine.brownian import BrownianTreeNoiseSampler
-
-            # A1111 create_noise_sampler: the full schedule's range as float32 0-d tensors, the image seeds
-            tree = BrownianTreeNoiseSampler(
-                x, full_sigmas[full_sigmas > 0].min(), full_sigmas.max(), seeds, source=req.rng
-            )
-
-            def step_noise(sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-                return tree(sigma, sigma_next).to(x.device, torch.float32)
-        else:
-
-            def step_noise() -> torch.Tensor:  # A1111's randn_like: each image's generator, in turn
-                return image_noise.next().to(x.device)
-
         total = len(sigmas) - 1
         tiny_preview = StepPreviewer(self.taesd, self.preview_budget) if self._taesd_has("decoder") else None
 
@@ -233,7 +240,7 @@ class Pipeline:
                                   preview=preview))
 
         if sampler in TAKES_NOISE:
-            kwargs["noise"] = step_noise
+            kwargs["noise"] = _step_noise(sampler, x, full_sigmas, seeds, req.rng, image_noise)
         latents = get_sampler(sampler)(denoiser, x, sigmas, callback=callback, **kwargs)
         check_cancel()
         if req.decoder == "taesd":

@@ -299,3 +299,21 @@ def test_bf16_close_to_fp32(ckpt, pipe):
 def test_missing_file_is_a_checkpoint_error(tmp_path):
     with pytest.raises(engine.CheckpointError, match="no checkpoint file"):
         engine.load_pipeline(tmp_path / "missing.ckpt")
+
+
+def test_cond_and_uncond_share_a_unet_pass_only_when_their_lengths_match(pipe):
+    batches = []
+    hook = pipe.unet.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
+    try:
+        pipe.generate(engine.GenerationRequest(prompt="ink", steps=2, seed=1, sampler="euler", **SIZE))
+        assert batches == [2, 2]  # [cond, uncond] rows in one pass per step
+        batches.clear()
+        long_prompt = ", ".join(["nvinkpunk neon ink splash"] * 30)
+        pipe.generate(engine.GenerationRequest(prompt=long_prompt, steps=2, seed=1, sampler="euler", **SIZE))
+        assert batches == [1, 1, 1, 1]  # 77 * k tokens against 77: two passes per step, as A1111
+        batches.clear()
+        pipe.generate(engine.GenerationRequest(prompt="ink", steps=2, seed=1, sampler="heun", cfg_scale=1.0,
+                                               **SIZE))
+        assert batches == [1, 1, 1]  # cfg 1: no uncond pass; Heun: 2 calls per step, 1 on the last
+    finally:
+        hook.remove()

@@ -107,3 +107,11 @@ def test_device_and_precision_choice():
     assert resolve_dtype("auto", cpu) == (expected, expected)
     with pytest.raises(ValueError, match="unknown precision"):
         resolve_dtype("int8", cpu)
+
+
+def test_request_names_match_the_engine_modules():
+    # request.py keeps torch- and lark-free copies; the modules that use the values must agree
+    from engine import prompt, request, rng
+
+    assert request.EMPHASIS_MODES == prompt.EMPHASIS_MODES
+    assert set(request.RNG_SOURCES) == set(rng.RNG_SOURCES)
