@@ -84,9 +84,11 @@ def _image_to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def _tensor_to_images(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] -> PIL images, rounded as diffusers' numpy_to_pil."""
-    images = (images.float() / 2 + 0.5).clamp(0, 1)
-    arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
+    """(B, 3, H, W) in [-1, 1] -> PIL images, quantised as A1111 does (processing.py process_images_inner:
+    `255. * x` then `astype(np.uint8)`, i.e. truncated; diffusers' numpy_to_pil rounds), so the same latents
+    give A1111's very pixels."""
+    images = ((images.float() + 1.0) / 2.0).clamp(0, 1)  # A1111's order of operations, for the same floats
+    arrays = (255.0 * images.permute(0, 2, 3, 1).cpu().numpy()).astype("uint8")
     return [Image.fromarray(a) for a in arrays]
 
 

@@ -317,3 +317,15 @@ def test_cond_and_uncond_share_a_unet_pass_only_when_their_lengths_match(pipe):
         assert batches == [1, 1, 1]  # cfg 1: no uncond pass; Heun: 2 calls per step, 1 on the last
     finally:
         hook.remove()
+
+
+def test_images_are_quantised_as_a1111_truncates() -> None:
+    """A1111 writes uint8(255 * x) (truncation), not diffusers' rounding: 0.999/255 above a level stays on it."""
+    from engine.pipeline import _tensor_to_images
+
+    levels = torch.tensor([0.0, 10.25, 10.9, 127.5, 254.9, 255.0]) / 255.0
+    x = (levels * 2 - 1).view(1, 1, 1, -1).expand(1, 3, 1, -1)
+    pixels = np.asarray(_tensor_to_images(x)[0])[0, :, 0]
+    assert pixels.tolist() == [0, 10, 10, 127, 254, 255]
+    expected = (255.0 * ((x[0, 0, 0].numpy() + 1.0) / 2.0).clip(0, 1)).astype(np.uint8)  # A1111's formula
+    assert pixels.tolist() == expected.tolist()
