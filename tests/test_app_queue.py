@@ -62,3 +62,92 @@ def test_generate_while_running_queues_a_snapshot_with_its_own_captions(qtbot, o
     assert window.history_strip.paths()[:2] == [runs[1][0], runs[0][0]]
     qtbot.waitUntil(lambda: not window.host.busy and len(window.queue) == 0, timeout=5000)
     assert _rows(window) == [] and window.run_bar.progress_bar.format() == "Ready"
+
+
+def _queue_three(window) -> None:
+    for n, seed in ((1, 11), (2, 22), (3, 33)):
+        set_small_params(window, prompt=f"nvinkpunk job {n}", steps=1, seed=seed)
+        assert window.generate()
+
+
+def test_pause_reorder_remove_and_duplicate_from_the_list(qtbot, open_window, tiny_checkpoint):
+    window = open_window(checkpoint=tiny_checkpoint)
+    runs = _collect_finished(window)
+    _click(qtbot, window, "queuePauseButton")
+    assert window.queue.paused and window.findChild(QPushButton, "queuePauseButton").text() == "Resume"
+    _queue_three(window)
+    assert not window.host.busy and window.queue.waiting() == 3  # paused: nothing starts
+    assert [r.split("\n")[0] for r in _rows(window)] == [f"⏸  nvinkpunk job {n}" for n in (1, 2, 3)]
+
+    qlist = window.findChild(QListWidget, "queueList")
+    qlist.setCurrentRow(2)
+    _click(qtbot, window, "queueUpButton")  # 1 3 2
+    assert qlist.currentRow() == 1
+    qlist.setCurrentRow(2)
+    _click(qtbot, window, "queueRemoveButton")  # 1 3
+    qlist.setCurrentRow(0)
+    _click(qtbot, window, "queueDuplicateButton")  # 1 1' 3
+    assert qlist.currentRow() == 1
+    copy_seed = window.queue.jobs[1].params.seed
+    assert copy_seed != 11 and [j.params.prompt for j in window.queue.jobs] == [
+        "nvinkpunk job 1", "nvinkpunk job 1", "nvinkpunk job 3"]
+
+    _click(qtbot, window, "queuePauseButton")  # resume: the three run one after another
+    qtbot.waitUntil(lambda: len(runs) == 3, timeout=3 * RUN_TIMEOUT_MS)
+    made = [(read_params(r[0]).prompt, read_params(r[0]).seed) for r in runs]
+    assert made == [("nvinkpunk job 1", 11), ("nvinkpunk job 1", copy_seed), ("nvinkpunk job 3", 33)]
+    qtbot.waitUntil(lambda: len(window.queue) == 0 and not window.host.busy, timeout=5000)
+
+
+def test_cancel_drops_the_running_job_and_the_next_one_runs(qtbot, open_window, tiny_checkpoint):
+    window = open_window(checkpoint=tiny_checkpoint)
+    runs = _collect_finished(window)
+    set_small_params(window, prompt="nvinkpunk long", steps=150)
+    assert window.generate()
+    set_small_params(window, prompt="nvinkpunk short", steps=1)
+    assert window.generate()
+    qtbot.waitUntil(lambda: window.queue.progress.get(window.queue.running_id, 0) > 0, timeout=RUN_TIMEOUT_MS)
+    assert _rows(window)[0].startswith("▶ ") and "%" in _rows(window)[0].split()[1]
+    qlist = window.findChild(QListWidget, "queueList")
+    qlist.setCurrentRow(0)
+    assert not window.findChild(QPushButton, "queueUpButton").isEnabled()  # the running job stays first
+    with qtbot.waitSignal(window.generationCancelled, timeout=RUN_TIMEOUT_MS):
+        _click(qtbot, window, "queueRemoveButton")  # removing the running job cancels it
+    qtbot.waitUntil(lambda: len(runs) == 1, timeout=RUN_TIMEOUT_MS)
+    assert read_params(runs[0][0]).prompt == "nvinkpunk short"
+    qtbot.waitUntil(lambda: len(window.queue) == 0, timeout=5000)
+
+
+def test_the_queue_survives_a_restart_and_the_interrupted_job_starts_again(qtbot, open_window, tiny_checkpoint,
+                                                                          tmp_path):
+    data = tmp_path / "data"
+    window = open_window(checkpoint=tiny_checkpoint, data_dir=data)
+    set_small_params(window, prompt="nvinkpunk interrupted", steps=150, seed=5)
+    assert window.generate()
+    set_small_params(window, prompt="nvinkpunk waiting", steps=1, seed=6, width=128)
+    assert window.generate()
+    qtbot.waitUntil(lambda: window.queue.progress.get(window.queue.running_id, 0) > 0, timeout=RUN_TIMEOUT_MS)
+    window.close()  # quits mid-run, as a crash would (the jobs are on disk since they were queued)
+
+    again = open_window(checkpoint=tiny_checkpoint, data_dir=data, wait_ready=False)
+    assert [j.params.prompt for j in again.queue.jobs] == ["nvinkpunk interrupted", "nvinkpunk waiting"]
+    assert again.queue.jobs[1].params.width == 128
+    cancelled = []
+    again.generationCancelled.connect(lambda: cancelled.append(True))
+    qtbot.waitUntil(lambda: again.queue.running_id == again.queue.jobs[0].id and again.host.busy,
+                    timeout=RUN_TIMEOUT_MS)  # starts by itself once the model loads
+    again.queue.set_paused(True)  # the running one goes on; the waiting one stays after a restart
+    with qtbot.waitSignal(again.generationCancelled, timeout=RUN_TIMEOUT_MS):
+        again.cancel()
+    assert [j.params.prompt for j in again.queue.jobs] == ["nvinkpunk waiting"] and not again.host.busy
+    again.close()
+
+    third = open_window(checkpoint=tiny_checkpoint, data_dir=data)
+    assert third.queue.paused and [j.params.seed for j in third.queue.jobs] == [6]
+    assert not third.host.busy and "paused" in third.queue_view.title.text()
+    runs = _collect_finished(third)
+    third.queue.set_paused(False)
+    qtbot.waitUntil(lambda: len(runs) == 1, timeout=RUN_TIMEOUT_MS)
+    meta = read_params(runs[0][0])
+    assert (meta.prompt, meta.seed, meta.width) == ("nvinkpunk waiting", 6, 128)
+    assert Path(runs[0][0]).parent == data / "outputs"
