@@ -118,23 +118,22 @@ def decode_params(text: str, init_png: bytes | None) -> GenerationParams:
 # ---------------------------------------------------------------- the database
 
 class JobStore:
-    """The queue's SQLite file. Every method commits before it returns; safe to call from any thread."""
+    """The queue's SQLite file. Every method commits before it returns; safe to call from any thread (one
+    connection, used in turn: the queue's writes are few and small)."""
 
     def __init__(self, path: str | Path, busy_timeout: float = BUSY_TIMEOUT) -> None:
         """Open (creating) the database at ``path``; raises :class:`QueueError` if it is damaged or unusable."""
         self.path = Path(path)
         self.busy_timeout = busy_timeout
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._con: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = self._db()
-            problem = db.execute("PRAGMA quick_check(1)").fetchone()
-            if problem is not None and problem[0] != "ok":
-                raise sqlite3.DatabaseError(f"database disk image is malformed: {problem[0]}")
-            db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            problem = self._read("PRAGMA quick_check(1)")
+            if problem and problem[0][0] != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {problem[0][0]}")
+            self._write(lambda db: [db.execute(sql) for sql in _SCHEMA.split(";") if sql.strip()])
         except (sqlite3.Error, OSError) as exc:
             self.close()
             error = QueueError(f"The job queue's database can't be used: {self.path} ({exc})")
@@ -142,44 +141,45 @@ class JobStore:
             raise error from exc
 
     def _db(self) -> sqlite3.Connection:
+        """The one connection (opened on first use); callers hold ``_lock``, so threads take turns on it."""
         if self._closed:
             raise ValueError("the job queue is closed")
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                 check_same_thread=False)  # each thread its own; False only for close()
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # a returned commit is on disk
-            self._local.db = db
-            with self._lock:
-                self._connections.append(db)
-        return db
+        if self._con is None:
+            self._con = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                        check_same_thread=False)
+            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.execute("PRAGMA synchronous=FULL")  # a returned commit is on disk
+        return self._con
 
-    def _write(self, statements: Callable[[sqlite3.Connection], None]) -> None:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            statements(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _read(self, sql: str) -> list[tuple]:
+        with self._lock:
+            return self._db().execute(sql).fetchall()
+
+    def _write(self, statements: Callable[[sqlite3.Connection], object]) -> None:
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                statements(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            for db in self._connections:
+            if self._con is not None:
                 try:
-                    db.close()
+                    self._con.close()
                 except sqlite3.Error:
-                    log.warning("closing a queue connection failed", exc_info=True)
-            self._connections.clear()
+                    log.warning("closing the queue database failed", exc_info=True)
+                self._con = None
 
     # ------------------------------------------------------------ reading
     def load(self) -> tuple[list[QueuedJob], list[str]]:
         """The jobs in order, and a note for each row that could not be read (those rows are dropped)."""
-        rows = self._db().execute(
-            "SELECT id, params, init_png, output_dir, created FROM jobs ORDER BY position, created").fetchall()
+        rows = self._read("SELECT id, params, init_png, output_dir, created FROM jobs ORDER BY position, created")
         jobs, notes, bad = [], [], []
         for job_id, text, png, folder, created in rows:
             try:
@@ -193,8 +193,8 @@ class JobStore:
         return jobs, notes
 
     def paused(self) -> bool:
-        row = self._db().execute("SELECT value FROM state WHERE key = 'paused'").fetchone()
-        return row is not None and row[0] == "1"
+        rows = self._read("SELECT value FROM state WHERE key = 'paused'")
+        return bool(rows) and rows[0][0] == "1"
 
     # ------------------------------------------------------------ writing
     def insert(self, job: QueuedJob, order: list[str]) -> None:

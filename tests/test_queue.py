@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import random
 import sqlite3
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from kill_child import run_and_kill
 from PIL import Image
 
 from inkpunk_studio.queue import JobQueue, decode_params, encode_params
 from inkpunk_studio.worker import GenerationParams
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _params(n: int, **extra) -> GenerationParams:
@@ -125,38 +119,12 @@ def test_a_damaged_database_is_set_aside_and_an_unreadable_row_dropped(db: Path)
     assert _prompts(again) == ["job 2"] and "could not be read" in again.notes[0]
 
 
-def _run_child_and_kill(db: Path, start_seed: int, rng: random.Random) -> list[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "queue_writer_child.py"), str(db),
-                             str(start_seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    lines: list[bytes] = []
-    first = threading.Event()
-
-    def reader() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            first.set()
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    if not first.wait(60):
-        proc.kill()
-        pytest.fail(f"child never confirmed a job: {proc.stderr.read().decode()[-2000:]}")
-    time.sleep(rng.uniform(0.0, 0.4))
-    proc.kill()  # SIGKILL
-    proc.wait()
-    thread.join(5)
-    proc.stderr.close()
-    return [line.decode() for line in lines if line.endswith(b"\n")]
-
-
 def test_a_killed_process_loses_no_confirmed_job_and_leaves_a_sound_database(db: Path) -> None:
     rng = random.Random(16)
     added: dict[str, int] = {}
     removed: set[str] = set()
     for round_ in range(3):
-        for line in _run_child_and_kill(db, 1000 * (round_ + 1), rng):
+        for line in run_and_kill("queue_writer_child.py", [str(db), str(1000 * (round_ + 1))], rng):
             kind, job_id, *rest = line.split()
             if kind == "add":
                 added[job_id] = int(rest[0])
