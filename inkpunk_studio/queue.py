@@ -8,8 +8,9 @@ the output folder and its place in the line. :class:`JobQueue` is the GUI-thread
 changes apply in memory at once and are written by one writer thread in the order they were made, so the GUI
 never waits on the disk; ``flush`` waits for them (tests, the kill-test child, closing).
 
-A job leaves the queue when it finished or was cancelled; one that failed stays (the queue pauses). Nothing
-marks the running job in the database: it is the first one, so after a crash it simply starts again.
+A job leaves the queue when it has run (finished, cancelled or failed: the window says why it failed and goes
+on with the next, as A1111's and ComfyUI's queues do). Nothing marks the running job in the database: it is
+the first one, so after a crash or a quit it simply starts again.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def decode_params(text: str, init_png: bytes | None) -> GenerationParams:
         if not isinstance(data, dict):
             raise TypeError("not a JSON object")
         params = GenerationParams.from_dict(data)
-        params.loras = tuple((str(p), float(te), float(unet)) for p, te, unet in data.get("loras", ()))
+        params.loras = tuple((Path(p), float(te), float(unet)) for p, te, unet in data.get("loras", ()))
         params.embeddings = tuple(str(p) for p in data.get("embeddings", ()))
         params.vae = str(data.get("vae", ""))
         if init_png is not None:
@@ -384,13 +385,6 @@ class JobQueue(QObject):
         self.progress[job_id] = 0.0
         self.reorder([job_id])
         self.changed.emit()
-
-    def stopped(self) -> None:
-        """The running job ended without finishing (it failed): it stays in line, first."""
-        if self.running_id is not None:
-            self.progress.pop(self.running_id, None)
-            self.running_id = None
-            self.changed.emit()
 
     def set_progress(self, fraction: float) -> None:
         if self.running_id is not None:

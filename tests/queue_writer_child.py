@@ -22,7 +22,7 @@ def main() -> None:
     while True:
         init = Image.new("RGB", (8, 8), (seed % 256, 7, 9)) if seed % 2 else None
         params = GenerationParams(prompt=f"kill test {seed}, ünïcode 猫", seed=seed, width=64, height=64,
-                                  init_image=init, loras=((f"/models/lora/{seed}.safetensors", 0.5, 0.75),))
+                                  init_image=init, loras=((Path(f"/models/lora/{seed}.safetensors"), 0.5, 0.75),))
         job = queue.add(params, f"/out/{seed}")
         if seed % 3 == 0:
             queue.reorder(list(reversed(queue.ids())))

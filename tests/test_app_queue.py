@@ -151,3 +151,25 @@ def test_the_queue_survives_a_restart_and_the_interrupted_job_starts_again(qtbot
     meta = read_params(runs[0][0])
     assert (meta.prompt, meta.seed, meta.width) == ("nvinkpunk waiting", 6, 128)
     assert Path(runs[0][0]).parent == data / "outputs"
+
+
+def test_a_failed_job_leaves_the_queue_and_the_next_one_runs(qtbot, open_window, tiny_checkpoint, tmp_path):
+    data = tmp_path / "data"
+    (data / "models" / "Lora").mkdir(parents=True)
+    (data / "models" / "Lora" / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{oops")
+    window = open_window(checkpoint=tiny_checkpoint, data_dir=data)
+    runs = _collect_finished(window)
+    errors = []
+    window.errorShown.connect(lambda title, text: errors.append((title, text)))
+    window.queue.set_paused(True)
+    set_small_params(window, prompt="a fox <lora:broken:1>", steps=1)
+    assert window.generate()
+    assert window.queue.jobs[0].params.loras[0][0].name == "broken.safetensors"  # resolved at the click
+    set_small_params(window, prompt="nvinkpunk after the failure", steps=1)
+    assert window.generate()
+    window.queue.set_paused(False)
+    qtbot.waitUntil(lambda: len(runs) == 1, timeout=2 * RUN_TIMEOUT_MS)
+    assert read_params(runs[0][0]).prompt == "nvinkpunk after the failure"
+    assert errors[0][0] == "Generation failed" and "broken.safetensors" in errors[0][1]
+    assert "The job left the queue; the next one starts." in errors[0][1]
+    qtbot.waitUntil(lambda: len(window.queue) == 0, timeout=5000)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -48,8 +48,9 @@ class _JobList(QListWidget):
     orderChanged = Signal(list)  # job ids
 
     def dropEvent(self, event: QDropEvent) -> None:
-        super().dropEvent(event)
-        self.orderChanged.emit([self.item(i).data(_ID) for i in range(self.count())])
+        super().dropEvent(event)  # QListWidget moves the rows itself for an internal move
+        order = [self.item(i).data(_ID) for i in range(self.count())]
+        QTimer.singleShot(0, self, lambda: self.orderChanged.emit(order))  # the rows are rebuilt: not mid-drop
 
 
 class QueueView(QWidget):
