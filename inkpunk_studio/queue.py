@@ -312,7 +312,7 @@ class JobQueue(QObject):
     # ------------------------------------------------------------ changes
     def add(self, params: GenerationParams, output_dir: str | Path, after: str | None = None) -> QueuedJob:
         """Queue a snapshot of ``params`` at the end (or right after job ``after``)."""
-        job = QueuedJob(uuid.uuid4().hex, params, Path(output_dir), time.time())
+        job = QueuedJob(uuid.uuid4().hex, replace(params), Path(output_dir), time.time())  # a copy: later edits stay out
         index = len(self.jobs) if after is None or self.get(after) is None else self.ids().index(after) + 1
         self.jobs.insert(index, job)
         order = self.ids()

@@ -84,7 +84,8 @@ def test_pause_reorder_remove_and_duplicate_from_the_list(qtbot, open_window, ti
     _click(qtbot, window, "queueUpButton")  # 1 3 2
     assert qlist.currentRow() == 1
     qlist.setCurrentRow(2)
-    _click(qtbot, window, "queueRemoveButton")  # 1 3
+    qlist.setFocus()
+    qtbot.keyClick(qlist, Qt.Key.Key_Delete)  # 1 3
     qlist.setCurrentRow(0)
     _click(qtbot, window, "queueDuplicateButton")  # 1 1' 3
     assert qlist.currentRow() == 1

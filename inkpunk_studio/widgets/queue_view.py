@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QDropEvent
+from PySide6.QtGui import QAction, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -90,6 +90,12 @@ class QueueView(QWidget):
         layout.addWidget(self.title)
         layout.addWidget(self.list)
         layout.addLayout(buttons)
+
+        remove = QAction("Remove", self.list)
+        remove.setShortcut(QKeySequence(QKeySequence.StandardKey.Delete))
+        remove.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        remove.triggered.connect(self._remove)
+        self.list.addAction(remove)
 
         self.pause_button.toggled.connect(queue.set_paused)
         self.list.orderChanged.connect(queue.reorder)
