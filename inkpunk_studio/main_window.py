@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 import engine
 
 from . import history, paths
+from . import queue as job_queue
 from .favorites import FavoritesController, library_dir
 from .fileio import check_output_folder
 from .first_run import CHECKPOINT_FILTER, FirstRunDialog
@@ -43,6 +44,7 @@ from .widgets.history_strip import HistoryStrip
 from .widgets.init_image_panel import InitImagePanel
 from .widgets.params_panel import ParamsPanel
 from .widgets.prompt_panel import PromptPanel, load_presets
+from .widgets.queue_view import QueueView
 from .widgets.run_bar import RunBar
 from .widgets.settings_dialog import SettingsDialog, SettingsValues
 from .worker import AsyncTasks, GenerationJob, GenerationParams, WorkerHost
@@ -89,6 +91,8 @@ class MainWindow(QMainWindow):
         self.init_panel = InitImagePanel(self.tasks)
         self.params_panel = ParamsPanel(engine.SAMPLERS, engine.DISPLAY_NAMES)
         self.run_bar = RunBar()
+        self.queue = job_queue.JobQueue(self.data_dir / job_queue.DB_NAME, self)  # Generate clicks in line
+        self.queue_view = QueueView(self.queue)
         self.canvas_panel = CanvasPanel()
         self.canvas = self.canvas_panel.canvas
         self.history_strip = HistoryStrip()
@@ -104,6 +108,8 @@ class MainWindow(QMainWindow):
         self.prompt_panel.prompt_edit.setFocus()  # type at once (not in the Library's search box)
         self.reload_history()
         self.networks.refresh()
+        if self.queue.notes:
+            QTimer.singleShot(0, lambda: self._show_status("; ".join(self.queue.notes), 15000))
         self._checkpoint = checkpoint or settings.checkpoint
         if self._checkpoint:
             self.load_checkpoint(self._checkpoint, remember=False)
@@ -127,7 +133,7 @@ class MainWindow(QMainWindow):
     def _build_layout(self) -> None:
         sidebar = self._column("sidebar", (14, 14, 14, 14), 12,
                                [(self.networks.model_bar, 0), (self.prompt_panel, 1), (self.init_panel, 0), (self.params_panel, 0),
-                                (self.run_bar, 0)])
+                                (self.run_bar, 0), (self.queue_view, 0)])
         scroll = QScrollArea()
         scroll.setObjectName("sidebarScroll")
         scroll.setWidget(sidebar)
@@ -226,6 +232,9 @@ class MainWindow(QMainWindow):
         self.init_panel.restoreRequested.connect(self.apply_image_params)
         self.init_panel.cleared.connect(lambda: self._show_status("Init image cleared: back to text-to-image"))
         self.favorites.install_history_menu(self.history_strip)
+        self.queue_view.removeRequested.connect(self.remove_job)
+        self.queue.storeFailed.connect(self._show_status)
+        self.queue.pausedChanged.connect(lambda paused: paused or self._run_next_later())
 
     # ------------------------------------------------------------------ parameters
     def current_params(self) -> GenerationParams:
@@ -294,15 +303,14 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ generation
     def generate(self) -> bool:
-        """Start (or queue behind the model load) a generation with the current parameters.
+        """Queue a job with the current parameters (a snapshot); it starts at once if nothing else runs (behind
+        a model still loading, if need be).
 
-        False when nothing started: no model, bad values, an output folder that can't take the images, or a
+        False when nothing was queued: no model, bad values, an output folder that can't take the images, or a
         very large size that waits for the person's "Generate Anyway" (``size_box``).
         """
-        if self.host.busy:
-            return False
         self.params_panel.commit_edits()  # Ctrl+Enter while a size box still shows a half-typed value
-        if not self.host.can_generate():
+        if not self.host.model_usable():
             self.statusBar().showMessage("No model loaded: choose a checkpoint first (File ▸ Open Checkpoint…)", 6000)
             return False
         params = self.current_params()
@@ -350,24 +358,58 @@ class MainWindow(QMainWindow):
         self.size_box = None
 
     def _start(self, params: GenerationParams, folder: Path) -> bool:
-        if self._closed or self.host.busy:
+        """Queue the job; start the queue's next one if the worker is free."""
+        if self._closed:
             return False
-        job = GenerationJob(params=params, output_dir=folder, preview=self.settings.preview_enabled)
+        self.queue.add(params, folder)
+        if not self._run_next():
+            paused = " (the queue is paused: Resume starts it)" if self.queue.paused else ""
+            self._show_status(f"Queued: {self.queue.waiting()} waiting{paused}", 6000)
+        return True
+
+    def _run_next(self) -> bool:
+        """Hand the queue's next job to the worker, if it is free, the model usable and the queue not paused."""
+        if self._closed or self.host.busy or not self.host.model_usable():
+            return False
+        queued = self.queue.next_job()
+        if queued is None:
+            return False
+        job = GenerationJob(params=queued.params, output_dir=queued.output_dir,
+                            preview=self.settings.preview_enabled)
         if not self.host.generate(job):
             return False
+        self.queue.start(queued.id)
         self._job, self._last_progress, self._unsaved_in_run = job, None, 0
         self.favorites.show_library(False)  # the previews show on the canvas
         waiting = "Waiting for the model to finish loading…" if self.host.state == "loading" else "Starting…"
         self.run_bar.set_mode("running", waiting)
         return True
 
+    def _run_next_later(self) -> None:
+        """After the current signal's handlers are done (they still read ``_job``)."""
+        QTimer.singleShot(0, self._run_next)
+
+    def _drop_running_job(self) -> None:
+        """The running job finished, was cancelled or failed: it leaves the queue."""
+        if not self._closed and self.queue.running_id is not None:
+            self.queue.remove(self.queue.running_id)  # the next one starts from _back_to_idle
+
+    def remove_job(self, job_id: str) -> None:
+        """Take a job out of the queue; the running one is cancelled (and leaves when the cancel arrives)."""
+        if job_id == self.queue.running_id and self.host.busy:
+            self.cancel()
+        else:
+            self.queue.remove(job_id)
+
     def cancel(self) -> None:
+        """Stop the running job (it leaves the queue); the queue goes on with the next unless paused."""
         if self.host.busy:
             self.host.cancel()
             self.run_bar.set_mode("cancelling")
 
     def _on_progress(self, info: dict) -> None:
         self._last_progress = info
+        self.queue.set_progress(info["step"] / max(info["total"], 1))
         self.run_bar.show_progress(info)
         preview = info.get("preview")
         if preview is not None:
@@ -397,6 +439,7 @@ class MainWindow(QMainWindow):
                             actions=(("Save As…", lambda: self.unsaved.save_as(key)),))
 
     def _on_finished(self, saved: list) -> None:
+        self._drop_running_job()
         self._back_to_idle()
         job, self._job = self._job, None
         folder = job.output_dir if job is not None else self.output_dir()
@@ -431,6 +474,7 @@ class MainWindow(QMainWindow):
         self._show_status(f"Saved {path}")
 
     def _on_cancelled(self, saved: list) -> None:
+        self._drop_running_job()
         self._back_to_idle()
         self._job = None
         self.canvas.discard_preview()
@@ -439,9 +483,12 @@ class MainWindow(QMainWindow):
         self.generationCancelled.emit()
 
     def _on_failed(self, message: str) -> None:
+        self._drop_running_job()
         self._back_to_idle()
         self._job = None
         self.canvas.discard_preview()
+        if self.queue.waiting():
+            message += "\n\nThe job left the queue; the next one starts."
         self.show_error("Generation failed", message)
 
     def _back_to_idle(self) -> None:
@@ -471,6 +518,8 @@ class MainWindow(QMainWindow):
             self.setWindowTitle(f"Inkpunk Studio — {self.host.model_info.get('name', '')}")
         if self.host.busy:
             return
+        if self.queue.next_job() is not None:  # jobs from before a restart, or waiting for a model
+            self._run_next_later()
         if state == "ready":
             self.run_bar.set_mode("idle", "Ready")
         elif state == "loading":
@@ -670,6 +719,7 @@ class MainWindow(QMainWindow):
         if self.first_run_dialog is not None:
             self.first_run_dialog.cancel_download()
         self.host.shutdown()
+        self.queue.close()  # unfinished jobs (the running one included) wait for the next start
         self.favorites.close()
         self.tasks.shutdown()
 

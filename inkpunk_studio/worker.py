@@ -388,8 +388,13 @@ class WorkerHost(QObject):
         self._set_state("loading", f"Loading model {Path(path).name}…")
         self._requestLoad.emit(str(path), device, dtype)
 
+    def model_usable(self) -> bool:
+        """A model is ready or loading (a job handed over now waits behind the load)."""
+        return self.state in ("loading", "ready")
+
     def can_generate(self) -> bool:
-        return not self.busy and self.state in ("loading", "ready")
+        """One job at a time: the window's queue hands over the next when this one ends."""
+        return not self.busy and self.model_usable()
 
     def generate(self, job: GenerationJob) -> bool:
         """Queue a job (it waits behind a model that is still loading). False if it can't run now."""

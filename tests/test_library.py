@@ -6,21 +6,18 @@ import io
 import os
 import random
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kill_child import run_and_kill
 from PIL import Image
 
 from inkpunk_studio import library as library_mod
 from inkpunk_studio.library import Favorite, Library
 from inkpunk_studio.metadata import ImageParams, read_params, save_png
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _img(colour: tuple[int, int, int] = (200, 30, 90), size: tuple[int, int] = (64, 48)) -> Image.Image:
@@ -184,29 +181,8 @@ def test_threads_each_get_a_connection(lib: Library) -> None:
 
 
 def _run_child_and_kill(folder: Path, start_seed: int, rng: random.Random) -> list[int]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "library_writer_child.py"), str(folder),
-                             str(start_seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    lines: list[bytes] = []
-    first = threading.Event()
-
-    def reader() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            first.set()
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    if not first.wait(30):
-        proc.kill()
-        pytest.fail(f"child never confirmed a favorite: {proc.stderr.read().decode()[-2000:]}")
-    time.sleep(rng.uniform(0.0, 0.4))
-    proc.kill()  # SIGKILL
-    proc.wait()
-    t.join(5)
-    proc.stderr.close()
-    return [int(line.split()[0]) for line in lines if line.endswith(b"\n")]
+    lines = run_and_kill("library_writer_child.py", [str(folder), str(start_seed)], rng, first_line_timeout=30)
+    return [int(line.split()[0]) for line in lines]
 
 
 def test_kill_at_random_moments_loses_nothing_confirmed(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ class RunBar(QWidget):
         self.setObjectName("runBar")
         self.generate_button = QPushButton("Generate", self)
         self.generate_button.setObjectName("generateButton")
-        self.generate_button.setToolTip("Generate (Ctrl+Enter)")
+        self.generate_button.setToolTip("Generate (Ctrl+Enter); while an image is made, add to the queue")
         self.generate_button.setMinimumHeight(40)
         self.cancel_button = QPushButton("Cancel", self)
         self.cancel_button.setObjectName("cancelButton")
@@ -64,7 +64,7 @@ class RunBar(QWidget):
         if mode not in self.MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.mode = mode
-        self.generate_button.setEnabled(mode == "idle")
+        self.generate_button.setEnabled(mode != "unavailable")  # while one runs, Generate queues the next
         self.cancel_button.setEnabled(mode == "running")
         self.generate_button.setProperty("busy", mode in ("running", "cancelling"))
         self.generate_button.style().unpolish(self.generate_button)
