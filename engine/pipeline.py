@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine import rng
+from engine import inpaint, rng
 from engine.checkpoint import check_checkpoint_path, load_models
 from engine.conditioning import Conditioner
 from engine.denoiser import CFGDenoiser
@@ -193,8 +193,13 @@ class Pipeline:
         init = self._encode_init(req, seed) if req.is_img2img else None
         sigmas, full_sigmas, x, kwargs = self._start(req, sampler, schedule, first, init)
 
+        unet, masks = self.unet, None
+        if req.mask is not None or inpaint.is_inpainting_unet(self.unet):
+            masks = self._inpaint_masks(req)
+            if inpaint.is_inpainting_unet(self.unet):
+                unet = inpaint.MaskedImageUNet(self.unet, masks[1], self._masked_image_latents(req, masks[0]))
         denoiser = CFGDenoiser(
-            self.unet,
+            unet,
             self.model_schedule,
             cond,
             uncond,
@@ -202,6 +207,8 @@ class Pipeline:
             dtype=self.dtype,
             interrupt=check_cancel,
         )
+        if req.mask is not None and not inpaint.is_inpainting_unet(self.unet):
+            denoiser = inpaint.LatentBlend(denoiser, init, masks[1].to(self.device))
         if sampler in BROWNIAN:
             from engine.brownian import BrownianTreeNoiseSampler
 
@@ -237,9 +244,12 @@ class Pipeline:
         check_cancel()
         images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype), interrupt=check_cancel)
         check_cancel()
+        pictures = _tensor_to_images(images)
+        if req.mask is not None:  # unmasked pixels from the original, over the blurred mask edge
+            pictures = inpaint.composite(pictures, req.init_image, inpaint.blur_mask(req.mask, req.mask_blur))
         log.info("generated %d image(s) in %.1f s", req.batch_size, time.perf_counter() - started)
         ti_hashes = {word: h for word, h in self.embedding_hashes.items() if word in used}
-        return GenerationResult(images=_tensor_to_images(images), seed=seed, seeds=seeds, latents=latents,
+        return GenerationResult(images=pictures, seed=seed, seeds=seeds, latents=latents,
                                 lora_hashes=self.lora_hashes, ti_hashes=ti_hashes, vae_name=self.vae_name,
                                 vae_hash=self.vae_hash)
 
@@ -261,6 +271,17 @@ class Pipeline:
         pixels = _image_to_tensor(req.init_image).to(self.device, self.vae_dtype)
         z = self.vae.encode(pixels, generator=torch.Generator("cpu").manual_seed(seed))
         return (z.float() * SCALING_FACTOR).expand(req.batch_size, -1, -1, -1)
+
+    def _inpaint_masks(self, req: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel mask, latent mask), 1 = repaint; all ones without a mask (engine.inpaint)."""
+        pixels = inpaint.pixel_mask(req.mask, req.width, req.height)
+        return pixels, inpaint.latent_mask(pixels, self.vae.config.downscale).to(self.device)
+
+    def _masked_image_latents(self, req: GenerationRequest, mask: torch.Tensor) -> torch.Tensor:
+        """The 9-channel UNet's masked-image latents (1, 4, h, w), scaled; the VAE posterior mean."""
+        pixels = None if req.init_image is None else _image_to_tensor(req.init_image)
+        image = inpaint.masked_image(pixels, mask).to(self.device, self.vae_dtype)
+        return self.vae.encode(image).float() * SCALING_FACTOR
 
     def _start(
         self,
