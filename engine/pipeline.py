@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine import inpaint, rng
+from engine import hires, inpaint, rng
 from engine.checkpoint import check_checkpoint_path, load_models
 from engine.conditioning import Conditioner
 from engine.denoiser import CFGDenoiser
@@ -150,6 +150,7 @@ class Pipeline:
         """Run one request. Raises Cancelled if `cancel` gets set; then nothing is returned.
 
         `noise` (B, 4, h, w) replaces the initial noise (tests); later draws still come from the seeds.
+        With `req.hires`, two passes (engine.hires); step events count both passes' steps.
         """
         started = time.perf_counter()
 
@@ -180,22 +181,50 @@ class Pipeline:
         used = self._used_embeddings([*cond.texts, *uncond.texts], req.emphasis) if embeddings else set()
         check_cancel()
 
-        image_noise = rng.ImageNoise(
-            latent_shape,
-            seeds,
-            source=req.rng,
-            subseeds=subseeds,
-            variation_strength=req.variation_strength,
-            ensd=req.ensd,
-        )
+        image_noise = self._image_noise(req, latent_shape, seeds, subseeds)
         first = image_noise.first()
         first = (first if noise is None else noise).to(self.device, torch.float32)
         init = self._encode_init(req, seed) if req.is_img2img else None
         sigmas, full_sigmas, x, kwargs = self._start(req, sampler, schedule, first, init)
+        progress = _Progress(on_step, started, len(sigmas) - 1, check_cancel)
+        hr = None
+        if req.hires is not None:
+            hr_steps, t_enc = hires.fix_steps(req.hires.second_pass_steps(req.steps), req.hires.denoise)
+            hr = (hr_steps, t_enc)
+            # the second pass's sampler step count, from its schedule alone (the tensors are placeholders)
+            progress.total += len(self._start(req, sampler, schedule, first, first, hr_steps, t_enc)[0]) - 1
 
+        latents = self._sample(req, sampler, seeds, cond, uncond, image_noise, (sigmas, full_sigmas, x, kwargs),
+                               init, progress)
+        if hr is not None:
+            latents = self._hires_pass(req, sampler, schedule, seeds, subseeds, latents, prompt, text, hr,
+                                       progress)
+        check_cancel()
+        images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype), interrupt=check_cancel)
+        check_cancel()
+        pictures = _tensor_to_images(images)
+        if req.mask is not None:  # unmasked pixels from the original, over the blurred mask edge
+            pictures = inpaint.composite(pictures, req.init_image, inpaint.blur_mask(req.mask, req.mask_blur))
+        log.info("generated %d image(s) in %.1f s", req.batch_size, time.perf_counter() - started)
+        ti_hashes = {word: h for word, h in self.embedding_hashes.items() if word in used}
+        return GenerationResult(images=pictures, seed=seed, seeds=seeds, latents=latents,
+                                lora_hashes=self.lora_hashes, ti_hashes=ti_hashes, vae_name=self.vae_name,
+                                vae_hash=self.vae_hash)
+
+    def _image_noise(self, req: GenerationRequest, shape: tuple[int, ...], seeds: list[int],
+                     subseeds: list[int]) -> rng.ImageNoise:
+        return rng.ImageNoise(shape, seeds, source=req.rng, subseeds=subseeds,
+                              variation_strength=req.variation_strength, ensd=req.ensd)
+
+    def _sample(self, req: GenerationRequest, sampler: str, seeds: list[int], cond, uncond,
+                image_noise: rng.ImageNoise, start: tuple, init: torch.Tensor | None,
+                progress: _Progress) -> torch.Tensor:
+        """One sampler run from `start` = _start()'s (sigmas, full sigmas, x, kwargs): the CFG denoiser
+        (with the inpainting conditioning or blend), the step noise, the sampler. Returns the latents."""
+        sigmas, full_sigmas, x, kwargs = start
         unet, masks = self.unet, None
         if req.mask is not None or inpaint.is_inpainting_unet(self.unet):
-            masks = self._inpaint_masks(req)
+            masks = self._inpaint_masks(req, tuple(x.shape[-2:]))
             if inpaint.is_inpainting_unet(self.unet):
                 unet = inpaint.MaskedImageUNet(self.unet, masks[1], self._masked_image_latents(req, masks[0]))
         denoiser = CFGDenoiser(
@@ -205,7 +234,7 @@ class Pipeline:
             uncond,
             req.cfg_scale,
             dtype=self.dtype,
-            interrupt=check_cancel,
+            interrupt=progress.check_cancel,
         )
         if req.mask is not None and not inpaint.is_inpainting_unet(self.unet):
             denoiser = inpaint.LatentBlend(denoiser, init, masks[1].to(self.device))
@@ -224,34 +253,44 @@ class Pipeline:
             def step_noise() -> torch.Tensor:  # A1111's randn_like: each image's generator, in turn
                 return image_noise.next().to(x.device)
 
-        total = len(sigmas) - 1
-
-        def callback(d: dict) -> None:
-            check_cancel()
-            if on_step is not None:
-                on_step(
-                    StepEvent(
-                        step=d["i"] + 1,
-                        total=total,
-                        elapsed=time.perf_counter() - started,
-                        preview=latent_preview(d["denoised"][0]),
-                    )
-                )
-
         if sampler in TAKES_NOISE:
             kwargs["noise"] = step_noise
-        latents = get_sampler(sampler)(denoiser, x, sigmas, callback=callback, **kwargs)
-        check_cancel()
-        images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype), interrupt=check_cancel)
-        check_cancel()
-        pictures = _tensor_to_images(images)
-        if req.mask is not None:  # unmasked pixels from the original, over the blurred mask edge
-            pictures = inpaint.composite(pictures, req.init_image, inpaint.blur_mask(req.mask, req.mask_blur))
-        log.info("generated %d image(s) in %.1f s", req.batch_size, time.perf_counter() - started)
-        ti_hashes = {word: h for word, h in self.embedding_hashes.items() if word in used}
-        return GenerationResult(images=pictures, seed=seed, seeds=seeds, latents=latents,
-                                lora_hashes=self.lora_hashes, ti_hashes=ti_hashes, vae_name=self.vae_name,
-                                vae_hash=self.vae_hash)
+        latents = get_sampler(sampler)(denoiser, x, sigmas, callback=progress, **kwargs)
+        progress.done += len(sigmas) - 1
+        return latents
+
+    def _hires_pass(self, req: GenerationRequest, sampler: str, schedule: str, seeds: list[int],
+                    subseeds: list[int], latents: torch.Tensor, prompt: str, text: dict, hr: tuple[int, int],
+                    progress: _Progress) -> torch.Tensor:
+        """A1111 `sample_hr_pass` (engine.hires): upscale, fresh noise from the same seeds at the new shape
+        (a new generator per image: its first draw), the prompt schedules for the hires steps, then an
+        img2img pass of exactly the hires steps (the fix-steps rule)."""
+        fix = req.hires
+        up, final = fix.sizes(req.width, req.height)
+        if fix.is_latent:
+            latents = hires.upscale_latents(latents, fix.upscaler, up)
+        else:
+            decoded = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype),
+                                      interrupt=progress.check_cancel)
+            # A1111 §6.3: the posterior sampled from one CPU generator seeded with the batch's last seed
+            generator = torch.Generator("cpu").manual_seed(seeds[-1])
+            encoded = []
+            for picture in hires.to_uint8_images(decoded):
+                pixels = _image_to_tensor(hires.upscale_image(picture, up)).to(self.device, self.vae_dtype)
+                encoded.append(self.vae.encode(pixels, generator=generator, interrupt=progress.check_cancel))
+            latents = torch.cat(encoded).float() * SCALING_FACTOR
+        latents = hires.crop_latents(latents, up, final).float()
+        progress.check_cancel()
+        hr_steps, t_enc = hr
+        shape = tuple(latents.shape[1:])
+        image_noise = self._image_noise(req, shape, seeds, subseeds)
+        noise = image_noise.first().to(self.device, torch.float32)
+        calls = 2 * hr_steps if sampler in SECOND_ORDER else hr_steps
+        base = 2 * req.steps if sampler in SECOND_ORDER else req.steps
+        cond = self.conditioner.schedule(prompt, base, hires_steps=calls, **text)
+        uncond = self.conditioner.schedule(req.negative_prompt, base, hires_steps=calls, **text)
+        start = self._start(req, sampler, schedule, noise, latents, hr_steps, t_enc)
+        return self._sample(req, sampler, seeds, cond, uncond, image_noise, start, latents, progress)
 
     def _used_embeddings(self, texts: Sequence[str], emphasis: str) -> set[str]:
         """The embedding words these texts invoke (as the conditioner matched them: on token ids), for
@@ -272,9 +311,12 @@ class Pipeline:
         z = self.vae.encode(pixels, generator=torch.Generator("cpu").manual_seed(seed))
         return (z.float() * SCALING_FACTOR).expand(req.batch_size, -1, -1, -1)
 
-    def _inpaint_masks(self, req: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pixel mask, latent mask), 1 = repaint; all ones without a mask (engine.inpaint)."""
-        pixels = inpaint.pixel_mask(req.mask, req.width, req.height)
+    def _inpaint_masks(self, req: GenerationRequest, latent_size: tuple[int, int] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel mask, latent mask), 1 = repaint; all ones without a mask (engine.inpaint), at the request's
+        size or at latent_size (h, w) * 8 (the hires pass)."""
+        h, w = (req.height, req.width) if latent_size is None else (latent_size[0] * 8, latent_size[1] * 8)
+        pixels = inpaint.pixel_mask(req.mask, w, h)
         return pixels, inpaint.latent_mask(pixels, self.vae.config.downscale).to(self.device)
 
     def _masked_image_latents(self, req: GenerationRequest, mask: torch.Tensor) -> torch.Tensor:
@@ -290,12 +332,20 @@ class Pipeline:
         schedule: str,
         noise: torch.Tensor,
         init: torch.Tensor | None,
+        steps: int | None = None,
+        t_enc: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """(sigmas to run, the full schedule, x to start from, extra sampler arguments). The Brownian
-        samplers' tree spans the full schedule even in img2img (A1111 create_noise_sampler)."""
-        steps = req.steps
+        samplers' tree spans the full schedule even in img2img (A1111 create_noise_sampler).
+
+        steps/t_enc: the full schedule's length and A1111's t_enc, given by the hires pass (fix-steps rule);
+        by default req.steps and int(min(strength, 0.999) * steps) (A1111 img2img, fix-steps off).
+        """
+        steps = req.steps if steps is None else steps
+        if init is not None and t_enc is None:
+            t_enc = int(min(req.strength, 0.999) * steps)
         if sampler == "unipc":
-            return self._start_unipc(req, noise, init)
+            return self._start_unipc(steps, noise, init, t_enc)
         if sampler in TIMESTEP_SAMPLERS:
             grid = TIMESTEPS[sampler](steps)[::-1]  # descending training timesteps
             sigmas = self.model_schedule.sigmas[grid]
@@ -305,31 +355,28 @@ class Pipeline:
                 return sigmas, sigmas, noise, {}  # variance-preserving scale: unit noise
             if sampler == "ddim":
                 # A1111 sd_samplers_timesteps.sample_img2img: timesteps[:t_enc], noised at timesteps[t_enc]
-                t_enc = int(min(req.strength, 0.999) * steps)
                 start, t_noise = len(grid) - t_enc, grid[::-1][t_enc]
             else:
                 # DDPM as the seed project ran it: diffusers' img2img start index, noised at that timestep
-                start = steps - min(int(steps * req.strength), steps)
+                start = steps - min(int(steps * req.strength), steps) if req.hires is None else steps - t_enc - 1
                 t_noise = grid[start]
             alpha = self.model_schedule.alphas_cumprod[t_noise].item()
             return sigmas[start:], sigmas, alpha**0.5 * init + (1 - alpha) ** 0.5 * noise, {}
         sigmas = schedule_sigmas(schedule, steps, discard_penultimate=sampler in DISCARD_PENULTIMATE)
         if init is None:
             return sigmas, sigmas, noise * sigmas[0], {}
-        # A1111 setup_img2img_steps / sample_img2img (img2img_fix_steps off): t_enc + 1 sampler steps
-        t_enc = int(min(req.strength, 0.999) * steps)
+        # A1111 setup_img2img_steps / sample_img2img: t_enc + 1 sampler steps
         run = sigmas[steps - t_enc - 1 :]
         return run, sigmas, init + noise * run[0], {}
 
-    def _start_unipc(self, req: GenerationRequest, noise: torch.Tensor, init: torch.Tensor | None):
+    def _start_unipc(self, steps: int, noise: torch.Tensor, init: torch.Tensor | None, t_enc: int | None):
         """A1111 sd_samplers_timesteps_impl.unipc: the DDIM grid's length, time-uniform from t = 999 down; in
         img2img the first t_enc DDIM timesteps, starting at the last of them, noised at timesteps[t_enc]."""
-        ddim_grid = TIMESTEPS["ddim"](req.steps)
+        ddim_grid = TIMESTEPS["ddim"](steps)
         alphas_cumprod = self.model_schedule.alphas_cumprod
         if init is None:
             sigmas, times = unipc.grid(len(ddim_grid), alphas_cumprod)
             return sigmas, sigmas, noise, {"timesteps": times}
-        t_enc = int(min(req.strength, 0.999) * req.steps)
         sigmas, times = unipc.grid(t_enc, alphas_cumprod, t_max=float(ddim_grid[t_enc - 1]))
         alpha = alphas_cumprod[ddim_grid[t_enc]].item()
         return sigmas, sigmas, alpha**0.5 * init + (1 - alpha) ** 0.5 * noise, {"timesteps": times}
@@ -422,6 +469,26 @@ class Pipeline:
     def vae_hash(self) -> str | None:
         """A1111's `VAE hash` (sha256[:10]) of the external VAE file, or None."""
         return self._networks.vae_hash
+
+
+class _Progress:
+    """The samplers' step callback: checks for cancel, reports StepEvents numbered over all passes."""
+
+    def __init__(self, on_step: StepCallback | None, started: float, total: int, check_cancel: Callable[[], None]):
+        self.on_step, self.started, self.total, self.check_cancel = on_step, started, total, check_cancel
+        self.done = 0  # steps of the passes already finished
+
+    def __call__(self, d: dict) -> None:
+        self.check_cancel()
+        if self.on_step is not None:
+            self.on_step(
+                StepEvent(
+                    step=self.done + d["i"] + 1,
+                    total=self.total,
+                    elapsed=time.perf_counter() - self.started,
+                    preview=latent_preview(d["denoised"][0]),
+                )
+            )
 
 
 @dataclass

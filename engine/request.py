@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.hires import HiresFix  # torch-free
 from engine.names import SCHEDULE_NAMES, resolve_sampler  # not engine.samplers: no torch for a request
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class GenerationRequest:
     loras: tuple = ()
     mask: Any = None  # PIL "L" (or "1") image of width x height, white = repaint; needs init_image
     mask_blur: int = 4  # A1111's "Mask blur": Gaussian sigma in pixels of the final composite's mask edge
+    hires: HiresFix | None = None  # A1111's hires fix (txt2img only): engine.hires
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
@@ -105,6 +107,20 @@ class GenerationRequest:
                     "raise the strength or the steps"
                 )
         self._validate_mask()
+        self._validate_hires()
+
+    def _validate_hires(self) -> None:
+        if self.hires is None:
+            return
+        if not isinstance(self.hires, HiresFix):
+            raise TypeError(f"hires must be an engine.hires.HiresFix or None, got {type(self.hires).__name__}")
+        if self.init_image is not None:
+            raise ValueError("hires fix is for txt2img: leave init_image empty or turn hires fix off")
+        (up_w, up_h), (w, h) = self.hires.sizes(self.width, self.height)
+        if not MIN_SIDE <= min(w, h) or max(up_w, up_h) > MAX_SIDE:
+            raise ValueError(
+                f"hires fix would make {up_w}x{up_h}: sides must stay from {MIN_SIDE} to {MAX_SIDE}"
+            )
 
     def _validate_mask(self) -> None:
         if not _is_int(self.mask_blur) or not 0 <= self.mask_blur <= 64:
