@@ -173,7 +173,7 @@ class Pipeline:
         # weights. Extra-network tags (<lora:...>) only leave the text: the LoRAs come from req.loras.
         self.set_loras(req.loras)
         prompt, _networks = extract_extra_networks(req.prompt)
-        calls = 2 * req.steps if sampler in SECOND_ORDER else req.steps  # A1111 SamplerData.total_steps
+        calls = _calls(sampler, req.steps)
         embeddings = self.embeddings
         text = {"emphasis": req.emphasis, "clip_skip": req.clip_skip, "embeddings": embeddings}
         cond = self.conditioner.schedule(prompt, calls, **text)
@@ -185,17 +185,15 @@ class Pipeline:
         first = image_noise.first()
         first = (first if noise is None else noise).to(self.device, torch.float32)
         init = self._encode_init(req, seed) if req.is_img2img else None
-        sigmas, full_sigmas, x, kwargs = self._start(req, sampler, schedule, first, init)
-        progress = _Progress(on_step, started, len(sigmas) - 1, check_cancel)
+        start = self._start(req, sampler, schedule, first, init)
+        progress = _Progress(on_step, started, len(start[0]) - 1, check_cancel)
         hr = None
         if req.hires is not None:
-            hr_steps, t_enc = hires.fix_steps(req.hires.second_pass_steps(req.steps), req.hires.denoise)
-            hr = (hr_steps, t_enc)
+            hr = hires.fix_steps(req.hires.second_pass_steps(req.steps), req.hires.denoise)
             # the second pass's sampler step count, from its schedule alone (the tensors are placeholders)
-            progress.total += len(self._start(req, sampler, schedule, first, first, hr_steps, t_enc)[0]) - 1
+            progress.total += len(self._start(req, sampler, schedule, first, first, *hr)[0]) - 1
 
-        latents = self._sample(req, sampler, seeds, cond, uncond, image_noise, (sigmas, full_sigmas, x, kwargs),
-                               init, progress)
+        latents = self._sample(req, sampler, seeds, cond, uncond, image_noise, start, init, progress)
         if hr is not None:
             latents = self._hires_pass(req, sampler, schedule, seeds, subseeds, latents, prompt, text, hr,
                                        progress)
@@ -285,8 +283,7 @@ class Pipeline:
         shape = tuple(latents.shape[1:])
         image_noise = self._image_noise(req, shape, seeds, subseeds)
         noise = image_noise.first().to(self.device, torch.float32)
-        calls = 2 * hr_steps if sampler in SECOND_ORDER else hr_steps
-        base = 2 * req.steps if sampler in SECOND_ORDER else req.steps
+        base, calls = _calls(sampler, req.steps), _calls(sampler, hr_steps)
         cond = self.conditioner.schedule(prompt, base, hires_steps=calls, **text)
         uncond = self.conditioner.schedule(req.negative_prompt, base, hires_steps=calls, **text)
         start = self._start(req, sampler, schedule, noise, latents, hr_steps, t_enc)
@@ -469,6 +466,11 @@ class Pipeline:
     def vae_hash(self) -> str | None:
         """A1111's `VAE hash` (sha256[:10]) of the external VAE file, or None."""
         return self._networks.vae_hash
+
+
+def _calls(sampler: str, steps: int) -> int:
+    """Denoiser calls the prompt schedules count for `steps` (A1111 SamplerData.total_steps)."""
+    return 2 * steps if sampler in SECOND_ORDER else steps
 
 
 class _Progress:

@@ -19,7 +19,7 @@ change, its output) live on `store`: about 3 * B * C0 * H * W * itemsize bytes, 
 full-resolution width (128 for SD1.x, 32 for the tiny test model); the device holds one patch at a time
 (a few tile-sized activations). Measured peak RSS above the loaded tiny model, fp32 on the CPU: 476 MB at
 1024x1024, 1345 MB at 2048x2048 (= 2.6 * 32 * 2048^2 * 4 bytes); SD1.5's VAE in fp16 would need about
-4 times the channels at half the bytes: ~2.7 GB of RAM at 2048x2048, and a few hundred MB on the GPU.
+4 times the channels at half the bytes: ~2.7 GB of RAM at 2048x2048 (an estimate, not measured here).
 """
 
 from __future__ import annotations
