@@ -233,7 +233,7 @@ class VAE(nn.Module):
 # (B * C0 * H * W * itemsize, C0 = channels * channel_mult[0]): a res block's input, its two convolution
 # outputs and the upsampling conv's output at the top level. Measured (peak RSS above the loaded model) on
 # the tiny model (C0 = 32) on the CPU, fp32, 1024x1024: 770 MB = 6.0 activations of 128 MiB; tiled
-# (engine.vae_tiled): 476 MB (3.7). 2048x2048 tiled: 1345 MB (2.6 activations of 512 MiB), 46 s on 1 core.
+# (engine.vae_tiled): 476 MB (3.7). 2048x2048: 2607 MB whole (5.1 of 512 MiB), 1345 MB tiled (2.6).
 UNTILED_PEAK_ACTIVATIONS = 6
 MEMORY_FRACTION = 0.8  # leave this share of the available memory to everything else
 
