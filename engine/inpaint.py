@@ -14,7 +14,8 @@ Two model kinds, as diffusers' `StableDiffusionInpaintPipeline` runs them
   [-1, 1]); no latent blending. Without a mask (txt2img, plain img2img) the mask is all ones and the masked
   image all zeros, as A1111's `txt2img_image_conditioning` / `img2img_image_conditioning`.
 The mask is diffusers' `mask_processor`: binarised at 0.5 in pixels, then nearest-resized to latent size.
-Afterwards `composite` takes the unmasked pixels from the original over A1111's blurred mask edge
+A1111's "Masked content" picks what the masked area starts from: the original, `fill` (colours from around
+it), or in latent space noise or zeros (`masked_init`). Afterwards `composite` takes the unmasked pixels from the original over A1111's blurred mask edge
 (`processing.py`: mask blur, `apply_overlay`), so nothing outside the mask drifts.
 """
 
@@ -25,9 +26,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter, ImageOps
 
 INPAINT_IN_CHANNELS = 9  # 4 latent + 1 mask + 4 masked-image latent
+# A1111's "Masked content" (`inpainting_fill` 0-3): what the masked area starts from
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 
 
 def is_inpainting_unet(unet: torch.nn.Module) -> bool:
@@ -123,3 +126,26 @@ def composite(images: list[Image.Image], original: Image.Image, mask: Image.Imag
     in between (A1111 `apply_overlay`): a pixel with mask 0 is the original's, bit for bit."""
     base = original.convert("RGB")
     return [Image.composite(image.convert("RGB"), base, mask.convert("L")) for image in images]
+
+
+def fill(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """A1111 `masking.fill` ("Masked content: fill"): the masked area painted with ever less blurred copies
+    of the unmasked pixels (Gaussian radii 256, 64, 16, 4, 2, 0), so it starts from the surrounding colours."""
+    image_mod = Image.new("RGBA", image.size)
+    image_masked = Image.new("RGBa", image.size)
+    image_masked.paste(image.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask.convert("L")))
+    for radius, repeats in [(256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1)]:
+        blurred = image_masked.filter(ImageFilter.GaussianBlur(radius)).convert("RGBA")
+        for _ in range(repeats):
+            image_mod.alpha_composite(blurred)
+    return image_mod.convert("RGB")
+
+
+def masked_init(init: torch.Tensor, mask: torch.Tensor, content: str, noise: torch.Tensor) -> torch.Tensor:
+    """A1111 `StableDiffusionProcessingImg2Img.init`: the init latents inside the (latent) mask replaced by
+    the seeds' noise ("latent noise") or zeros ("latent nothing"); "original" and "fill" leave them."""
+    if content == "latent noise":
+        return init * (1 - mask) + noise * mask
+    if content == "latent nothing":
+        return init * (1 - mask)
+    return init

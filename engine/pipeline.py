@@ -185,6 +185,10 @@ class Pipeline:
         first = image_noise.first()
         first = (first if noise is None else noise).to(self.device, torch.float32)
         init = self._encode_init(req, seed) if req.is_img2img else None
+        if req.mask is not None and req.masked_content in ("latent noise", "latent nothing"):
+            # A1111 create_random_tensors(shape, seeds): each seed's first draw, no variation
+            fresh = rng.ImageNoise(latent_shape, seeds, source=req.rng).first().to(self.device, torch.float32)
+            init = inpaint.masked_init(init, self._inpaint_masks(req)[1], req.masked_content, fresh)
         start = self._start(req, sampler, schedule, first, init)
         progress = _Progress(on_step, started, len(start[0]) - 1, check_cancel)
         hr = None
@@ -304,7 +308,10 @@ class Pipeline:
 
     def _encode_init(self, req: GenerationRequest, seed: int) -> torch.Tensor:
         """The init image's latent (B, 4, h, w): the VAE posterior sampled with a generator seeded `seed`."""
-        pixels = _image_to_tensor(req.init_image).to(self.device, self.vae_dtype)
+        image = req.init_image
+        if req.mask is not None and req.masked_content == "fill":  # A1111: filled over the blurred mask
+            image = inpaint.fill(image, inpaint.blur_mask(req.mask, req.mask_blur))
+        pixels = _image_to_tensor(image).to(self.device, self.vae_dtype)
         z = self.vae.encode(pixels, generator=torch.Generator("cpu").manual_seed(seed))
         return (z.float() * SCALING_FACTOR).expand(req.batch_size, -1, -1, -1)
 

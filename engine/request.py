@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds; keep them in signed range for JSON/SQL
 MIN_SIDE, MAX_SIDE = 64, 2048
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # as engine.inpaint (no torch here)
 # A1111 "CPU", and its Philox emulation of CUDA randn ("NV"); "gpu" is the same as "nv" (engine.rng.randn)
 RNG_SOURCES = ("cpu", "nv", "gpu")
 MAX_CLIP_SKIP = 12
@@ -63,6 +64,7 @@ class GenerationRequest:
     loras: tuple = ()
     mask: Any = None  # PIL "L" (or "1") image of width x height, white = repaint; needs init_image
     mask_blur: int = 4  # A1111's "Mask blur": Gaussian sigma in pixels of the final composite's mask edge
+    masked_content: str = "original"  # A1111's "Masked content": engine.inpaint.MASKED_CONTENT
     hires: HiresFix | None = None  # A1111's hires fix (txt2img only): engine.hires
 
     def __post_init__(self) -> None:
@@ -125,6 +127,10 @@ class GenerationRequest:
     def _validate_mask(self) -> None:
         if not _is_int(self.mask_blur) or not 0 <= self.mask_blur <= 64:
             raise ValueError(f"mask_blur must be an integer from 0 to 64, got {self.mask_blur!r}")
+        if self.masked_content not in MASKED_CONTENT:
+            raise ValueError(
+                f"masked_content must be one of {', '.join(MASKED_CONTENT)}, got {self.masked_content!r}"
+            )
         if self.mask is None:
             return
         if getattr(self.mask, "mode", None) not in ("L", "1") or not hasattr(self.mask, "convert"):

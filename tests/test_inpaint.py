@@ -125,12 +125,14 @@ def test_equals_diffusers_inpaint_pipeline(tmp_path, channels):
     assert rel_err(other, expected) > 1e-2
 
 
-@pytest.mark.parametrize("channels, blur", [(4, 0), (4, 4), (9, 2)])
-def test_generate_keeps_pixels_outside_the_mask(tmp_path, channels, blur):
+@pytest.mark.parametrize("channels, blur, content", [(4, 0, "original"), (4, 4, "fill"), (4, 2, "latent noise"),
+                                                    (9, 2, "latent nothing")])
+def test_generate_keeps_pixels_outside_the_mask(tmp_path, channels, blur, content):
     pipe = engine.load_pipeline(write(tmp_path, channels), device="cpu", dtype="fp32")
     image, mask = pictures()
     req = engine.GenerationRequest("a red fox", width=W, height=H, steps=6, init_image=image, mask=mask,
-                                   mask_blur=blur, strength=0.8, seed=3, batch_size=2, sampler="euler_a")
+                                   mask_blur=blur, strength=0.8, seed=3, batch_size=2, sampler="euler_a",
+                                   masked_content=content)
     result = pipe.generate(req)
     original = np.asarray(image)
     soft = np.asarray(inpaint.blur_mask(mask, blur))
@@ -153,6 +155,26 @@ def test_blur_mask_matches_a1111_kernel():
     assert np.array_equal(np.asarray(inpaint.blur_mask(Image.fromarray(mask, "L"), 0)), mask)
 
 
+def test_fill_starts_from_the_surrounding_colours():
+    a = np.zeros((64, 64, 3), np.uint8)
+    a[:, :32], a[:, 32:] = (255, 0, 0), (0, 0, 255)
+    m = np.zeros((64, 64), np.uint8)
+    m[16:48, 16:48] = 255
+    out = np.asarray(inpaint.fill(Image.fromarray(a), Image.fromarray(m, "L"))).astype(int)
+    assert (out[m == 0] == a[m == 0]).all()
+    assert out[32, 20, 0] > 180 and out[32, 44, 2] > 180  # reddish on the red side, bluish on the blue
+    assert 60 < out[32, 31, 0] < 200 and 60 < out[32, 31, 2] < 200  # mixed in the middle
+
+
+def test_masked_init_modes():
+    init, noise = torch.full((1, 4, 2, 2), 3.0), torch.full((1, 4, 2, 2), -1.0)
+    mask = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    assert torch.equal(inpaint.masked_init(init, mask, "original", noise), init)
+    assert inpaint.masked_init(init, mask, "latent noise", noise)[0, :, 0, 0].tolist() == [-1.0] * 4
+    nothing = inpaint.masked_init(init, mask, "latent nothing", noise)
+    assert nothing[0, :, 0, 0].tolist() == [0.0] * 4 and (nothing[0, :, 1] == 3).all()
+
+
 def test_mask_request_validation():
     image, mask = pictures()
     with pytest.raises(ValueError, match="needs an init_image"):
@@ -161,6 +183,8 @@ def test_mask_request_validation():
         engine.GenerationRequest("x", width=W, height=H, init_image=image, mask=image)
     with pytest.raises(ValueError, match="mask is 64x48"):
         engine.GenerationRequest("x", width=W, height=H, init_image=image, mask=Image.new("L", (64, 48)))
+    with pytest.raises(ValueError, match="masked_content"):
+        engine.GenerationRequest("x", width=W, height=H, init_image=image, mask=mask, masked_content="blur")
     with pytest.raises(ValueError, match="mask_blur"):
         engine.GenerationRequest("x", width=W, height=H, init_image=image, mask=mask, mask_blur=-1)
 
