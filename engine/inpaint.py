@@ -149,3 +149,88 @@ def masked_init(init: torch.Tensor, mask: torch.Tensor, content: str, noise: tor
     if content == "latent nothing":
         return init * (1 - mask)
     return init
+
+
+# --- "Only masked" (A1111 inpaint_full_res): work on the masked region at the request's size ---
+
+def crop_to_mask(image: Image.Image, mask: Image.Image, width: int, height: int, padding: int = 32
+                 ) -> tuple[Image.Image, Image.Image, tuple[int, int, int, int]]:
+    """The masked region of a larger canvas, ready for a width x height inpainting request.
+
+    A1111 `masking.get_crop_region_v2` (the mask's bounding box grown by `padding`, within the canvas) and
+    `expand_crop_region` (grown to the request's aspect ratio), then both crops resized to width x height
+    with `images.resize_image` mode 2 (fit, edges stretched). Returns (image, mask, box); put the result back
+    with `paste_back(result, image, mask, box)`. Pass the blurred mask to keep its soft edge in the crop.
+    """
+    if image.size != mask.size:
+        raise ValueError(f"mask is {mask.size[0]}x{mask.size[1]} but the image is {image.size[0]}x{image.size[1]}")
+    box = mask.convert("L").getbbox()
+    if box is None:
+        raise ValueError("the mask is empty: paint the area to repaint first")
+    x1, y1, x2, y2 = box
+    x1, y1 = max(x1 - padding, 0), max(y1 - padding, 0)
+    x2, y2 = min(x2 + padding, image.width), min(y2 + padding, image.height)
+    box = _expand_to_ratio((x1, y1, x2, y2), width, height, image.width, image.height)
+    return (_resize_fill(image.convert("RGB").crop(box), width, height),
+            _resize_fill(mask.convert("L").crop(box), width, height), box)
+
+
+def paste_back(result: Image.Image, image: Image.Image, mask: Image.Image,
+               box: tuple[int, int, int, int]) -> Image.Image:
+    """A1111 `apply_overlay` with a paste location: the result scaled into `box` (resize mode 1: cover and
+    crop), then the canvas `image` over it wherever `mask` is black: pixels outside the mask stay as they were."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    ratio, src_ratio = w / h, result.width / result.height
+    src_w = w if ratio > src_ratio else result.width * h // result.height
+    src_h = h if ratio <= src_ratio else result.height * w // result.width
+    fitted = Image.new("RGB", (w, h))
+    fitted.paste(result.convert("RGB").resize((src_w, src_h), Image.LANCZOS), (w // 2 - src_w // 2, h // 2 - src_h // 2))
+    base = image.convert("RGB").copy()
+    base.paste(fitted, (x1, y1))
+    return Image.composite(base, image.convert("RGB"), mask.convert("L"))
+
+
+def _expand_to_ratio(box: tuple[int, int, int, int], width: int, height: int, image_width: int,
+                     image_height: int) -> tuple[int, int, int, int]:
+    """A1111 `masking.expand_crop_region`: grow the short side of `box` to width:height, within the image."""
+    x1, y1, x2, y2 = box
+    if (x2 - x1) / (y2 - y1) > width / height:
+        diff = int((x2 - x1) / (width / height) - (y2 - y1))
+        y1, y2 = _grow(y1 - diff // 2, y2 + diff - diff // 2, image_height)
+    else:
+        diff = int((y2 - y1) * (width / height) - (x2 - x1))
+        x1, x2 = _grow(x1 - diff // 2, x2 + diff - diff // 2, image_width)
+    return x1, y1, x2, y2
+
+
+def _grow(a: int, b: int, limit: int) -> tuple[int, int]:
+    if b >= limit:  # shift back inside, then clip
+        a, b = a - (b - limit), limit
+    if a < 0:
+        a, b = 0, b - a
+    return a, min(b, limit)
+
+
+def _resize_fill(image: Image.Image, width: int, height: int) -> Image.Image:
+    """A1111 `images.resize_image` mode 2 ("resize and fill"): fit inside, then stretch the edge rows or
+    columns over the bands left empty."""
+    ratio, src_ratio = width / height, image.width / image.height
+    src_w = width if ratio < src_ratio else image.width * height // image.height
+    src_h = height if ratio >= src_ratio else image.height * width // image.width
+    resized = image.resize((src_w, src_h), Image.LANCZOS)
+    out = Image.new(image.mode, (width, height))
+    out.paste(resized, (width // 2 - src_w // 2, height // 2 - src_h // 2))
+    if ratio < src_ratio:
+        fill = height // 2 - src_h // 2
+        if fill > 0:
+            out.paste(resized.resize((width, fill), box=(0, 0, width, 0)), (0, 0))
+            out.paste(resized.resize((width, fill), box=(0, resized.height, width, resized.height)),
+                      (0, fill + src_h))
+    elif ratio > src_ratio:
+        fill = width // 2 - src_w // 2
+        if fill > 0:
+            out.paste(resized.resize((fill, height), box=(0, 0, 0, height)), (0, 0))
+            out.paste(resized.resize((fill, height), box=(resized.width, 0, resized.width, height)),
+                      (fill + src_w, 0))
+    return out

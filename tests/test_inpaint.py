@@ -199,3 +199,27 @@ def test_scaling_factor_applies_to_masked_latents(tmp_path):
                                   pixel_mask)
     with torch.no_grad():
         assert torch.allclose(latents, pipe.vae.encode(pixels) * SCALING_FACTOR, atol=1e-5)
+
+
+def test_only_masked_crop_and_paste_back(tmp_path):
+    rng = np.random.default_rng(2)
+    canvas = Image.fromarray(rng.integers(0, 256, (128, 200, 3), dtype=np.uint8))
+    mask_array = np.zeros((128, 200), dtype=np.uint8)
+    mask_array[50:70, 150:190] = 255  # 40 x 20, near the right edge
+    mask = Image.fromarray(mask_array, "L")
+    image, crop_mask, box = inpaint.crop_to_mask(canvas, mask, W, H, padding=8)
+    # bbox (150, 50, 190, 70) grown by 8, then its height to 56 / (80 / 64) = 44.8 -> + int(8.8) = 8
+    assert box == (142, 38, 198, 82)
+    # near an edge the region shifts back inside the canvas (A1111 expand_crop_region)
+    assert inpaint.crop_to_mask(canvas, mask, W, H, padding=20)[2] == (125, 30, 200, 90)
+    assert image.size == crop_mask.size == (W, H)
+    pipe = engine.load_pipeline(write(tmp_path, 4), device="cpu", dtype="fp32")
+    req = engine.GenerationRequest("a red fox", width=W, height=H, steps=4, init_image=image, mask=crop_mask,
+                                   mask_blur=0, strength=0.9, seed=1)
+    result = inpaint.paste_back(pipe.generate(req).images[0], canvas, mask, box)
+    before, after = np.asarray(canvas), np.asarray(result)
+    assert after.shape == before.shape
+    assert (after[mask_array == 0] == before[mask_array == 0]).all()
+    assert np.abs(after[mask_array > 0].astype(int) - before[mask_array > 0]).mean() > 5
+    with pytest.raises(ValueError, match="empty"):
+        inpaint.crop_to_mask(canvas, Image.new("L", canvas.size), W, H)
