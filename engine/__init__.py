@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import Cancelled, CheckpointError
+from engine.hires import HiresFix
 from engine.names import (
     DEFAULT_SCHEDULE,
     DISPLAY_NAMES,
@@ -88,6 +89,7 @@ __all__ = [
     "Embedding",
     "GenerationRequest",
     "GenerationResult",
+    "HiresFix",
     "LoraSet",
     "Pipeline",
     "StepEvent",

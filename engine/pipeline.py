@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine import rng
+from engine import hires, inpaint, rng
 from engine.checkpoint import check_checkpoint_path, load_models
 from engine.conditioning import Conditioner
 from engine.denoiser import CFGDenoiser
@@ -177,6 +177,7 @@ class Pipeline:
         """Run one request. Raises Cancelled if `cancel` gets set; then nothing is returned.
 
         `noise` (B, 4, h, w) replaces the initial noise (tests); later draws still come from the seeds.
+        With `req.hires`, two passes (engine.hires); step events count both passes' steps.
         """
         started = time.perf_counter()
 
@@ -200,7 +201,7 @@ class Pipeline:
         # weights. Extra-network tags (<lora:...>) only leave the text: the LoRAs come from req.loras.
         self.set_loras(req.loras)
         prompt, _networks = extract_extra_networks(req.prompt)
-        calls = 2 * req.steps if sampler in SECOND_ORDER else req.steps  # A1111 SamplerData.total_steps
+        calls = _calls(sampler, req.steps)
         embeddings = self.embeddings
         text = {"emphasis": req.emphasis, "clip_skip": req.clip_skip, "embeddings": embeddings}
         cond = self.conditioner.schedule(prompt, calls, **text)
@@ -208,53 +209,107 @@ class Pipeline:
         used = self._used_embeddings([*cond.texts, *uncond.texts], req.emphasis) if embeddings else set()
         check_cancel()
 
-        image_noise = rng.ImageNoise(
-            latent_shape,
-            seeds,
-            source=req.rng,
-            subseeds=subseeds,
-            variation_strength=req.variation_strength,
-            ensd=req.ensd,
-        )
+        image_noise = self._image_noise(req, latent_shape, seeds, subseeds)
         first = image_noise.first()
         first = (first if noise is None else noise).to(self.device, torch.float32)
         init = self._encode_init(req, seed) if req.is_img2img else None
-        sigmas, full_sigmas, x, kwargs = self._start(req, sampler, schedule, first, init)
-        sigmas = sigmas.to(self.device)  # k-diffusion append_dims makes (1, 1, 1, 1) sigmas: on x's device
+        if req.mask is not None and req.masked_content in ("latent noise", "latent nothing"):
+            # A1111 create_random_tensors(shape, seeds): each seed's first draw, no variation
+            fresh = rng.ImageNoise(latent_shape, seeds, source=req.rng).first().to(self.device, torch.float32)
+            init = inpaint.masked_init(init, self._inpaint_masks(req)[1], req.masked_content, fresh)
+        start = self._start(req, sampler, schedule, first, init)
+        previewer = StepPreviewer(self.taesd, self.preview_budget) if self._taesd_has("decoder") else None
+        progress = _Progress(on_step, started, len(start[0]) - 1, check_cancel, previewer)
+        hr = None
+        if req.hires is not None:
+            hr = hires.fix_steps(req.hires.second_pass_steps(req.steps), req.hires.denoise)
+            # the second pass's sampler step count, from its schedule alone (the tensors are placeholders)
+            progress.total += len(self._start(req, sampler, schedule, first, first, *hr)[0]) - 1
 
-        denoiser = CFGDenoiser(
-            self.unet,
-            self.model_schedule,
-            cond,
-            uncond,
-            req.cfg_scale,
-            dtype=self.dtype,
-            interrupt=check_cancel,
-        )
-        total = len(sigmas) - 1
-        tiny_preview = StepPreviewer(self.taesd, self.preview_budget) if self._taesd_has("decoder") else None
-
-        def callback(d: dict) -> None:
-            check_cancel()
-            if on_step is not None:
-                preview = latent_preview(d["denoised"][0]) if tiny_preview is None else tiny_preview(d["denoised"])
-                on_step(StepEvent(step=d["i"] + 1, total=total, elapsed=time.perf_counter() - started,
-                                  preview=preview))
-
-        if sampler in TAKES_NOISE:
-            kwargs["noise"] = _step_noise(sampler, x, full_sigmas, seeds, req.rng, image_noise)
-        latents = get_sampler(sampler)(denoiser, x, sigmas, callback=callback, **kwargs)
+        latents = self._sample(req, sampler, seeds, cond, uncond, image_noise, start, init, progress)
+        if hr is not None:
+            latents = self._hires_pass(req, sampler, schedule, seeds, subseeds, latents, prompt, text, hr,
+                                       progress)
         check_cancel()
         if req.decoder == "taesd":
             images = self.taesd.decode(latents)
         else:
             images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype), interrupt=check_cancel)
         check_cancel()
+        pictures = _tensor_to_images(images)
+        if req.mask is not None:  # unmasked pixels from the original, over the blurred mask edge
+            pictures = inpaint.composite(pictures, req.init_image, inpaint.blur_mask(req.mask, req.mask_blur))
         log.info("generated %d image(s) in %.1f s", req.batch_size, time.perf_counter() - started)
         ti_hashes = {word: h for word, h in self.embedding_hashes.items() if word in used}
-        return GenerationResult(images=_tensor_to_images(images), seed=seed, seeds=seeds, latents=latents,
+        return GenerationResult(images=pictures, seed=seed, seeds=seeds, latents=latents,
                                 lora_hashes=self.lora_hashes, ti_hashes=ti_hashes, vae_name=self.vae_name,
                                 vae_hash=self.vae_hash)
+
+    def _image_noise(self, req: GenerationRequest, shape: tuple[int, ...], seeds: list[int],
+                     subseeds: list[int]) -> rng.ImageNoise:
+        return rng.ImageNoise(shape, seeds, source=req.rng, subseeds=subseeds,
+                              variation_strength=req.variation_strength, ensd=req.ensd)
+
+    def _sample(self, req: GenerationRequest, sampler: str, seeds: list[int], cond, uncond,
+                image_noise: rng.ImageNoise, start: tuple, init: torch.Tensor | None,
+                progress: _Progress) -> torch.Tensor:
+        """One sampler run from `start` = _start()'s (sigmas, full sigmas, x, kwargs): the CFG denoiser
+        (with the inpainting conditioning or blend), the step noise, the sampler. Returns the latents."""
+        sigmas, full_sigmas, x, kwargs = start
+        unet, masks = self.unet, None
+        if req.mask is not None or inpaint.is_inpainting_unet(self.unet):
+            masks = self._inpaint_masks(req, tuple(x.shape[-2:]))
+            if inpaint.is_inpainting_unet(self.unet):
+                unet = inpaint.MaskedImageUNet(self.unet, masks[1], self._masked_image_latents(req, masks[0]))
+        denoiser = CFGDenoiser(
+            unet,
+            self.model_schedule,
+            cond,
+            uncond,
+            req.cfg_scale,
+            dtype=self.dtype,
+            interrupt=progress.check_cancel,
+        )
+        if req.mask is not None and not inpaint.is_inpainting_unet(self.unet):
+            denoiser = inpaint.LatentBlend(denoiser, init, masks[1].to(self.device))
+        sigmas = sigmas.to(self.device)  # k-diffusion append_dims makes (1, 1, 1, 1) sigmas: on x's device
+        if sampler in TAKES_NOISE:
+            kwargs["noise"] = _step_noise(sampler, x, full_sigmas, seeds, req.rng, image_noise)
+        latents = get_sampler(sampler)(denoiser, x, sigmas, callback=progress, **kwargs)
+        progress.done += len(sigmas) - 1
+        return latents
+
+    def _hires_pass(self, req: GenerationRequest, sampler: str, schedule: str, seeds: list[int],
+                    subseeds: list[int], latents: torch.Tensor, prompt: str, text: dict, hr: tuple[int, int],
+                    progress: _Progress) -> torch.Tensor:
+        """A1111 `sample_hr_pass` (engine.hires): upscale, fresh noise from the same seeds at the new shape
+        (a new generator per image: its first draw), the prompt schedules for the hires steps, then an
+        img2img pass of exactly the hires steps (the fix-steps rule)."""
+        fix = req.hires
+        up, final = fix.sizes(req.width, req.height)
+        if fix.is_latent:
+            latents = hires.upscale_latents(latents, fix.upscaler, up)
+        else:
+            decoded = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype),
+                                      interrupt=progress.check_cancel)
+            # A1111 §6.3: the posterior sampled from one CPU generator seeded with the batch's last seed
+            generator = torch.Generator("cpu").manual_seed(seeds[-1])
+            encoded = []
+            for picture in hires.to_uint8_images(decoded):
+                pixels = _image_to_tensor(hires.upscale_image(picture, up)).to(self.device, self.vae_dtype)
+                encoded.append(self.vae.encode(pixels, generator=generator, interrupt=progress.check_cancel))
+            latents = torch.cat(encoded).float() * SCALING_FACTOR
+        latents = hires.crop_latents(latents, up, final).float()
+        progress.check_cancel()
+        hr_steps, t_enc = hr
+        shape = tuple(latents.shape[1:])
+        image_noise = self._image_noise(req, shape, seeds, subseeds)
+        noise = image_noise.first().to(self.device, torch.float32)
+        base, calls = _calls(sampler, req.steps), _calls(sampler, hr_steps)
+        cond = self.conditioner.schedule(prompt, base, hires_steps=calls, **text)
+        uncond = self.conditioner.schedule(req.negative_prompt, base, hires_steps=calls, **text)
+        start = self._start(req, sampler, schedule, noise, latents, hr_steps, t_enc)
+        return self._sample(req, sampler, seeds, cond, uncond, image_noise, start, latents, progress)
 
     def _used_embeddings(self, texts: Sequence[str], emphasis: str) -> set[str]:
         """The embedding words these texts invoke (as the conditioner matched them: on token ids), for
@@ -271,11 +326,28 @@ class Pipeline:
 
     def _encode_init(self, req: GenerationRequest, seed: int) -> torch.Tensor:
         """The init image's latent (B, 4, h, w): the VAE posterior sampled with a generator seeded `seed`."""
+        image = req.init_image
+        if req.mask is not None and req.masked_content == "fill":  # A1111: filled over the blurred mask
+            image = inpaint.fill(image, inpaint.blur_mask(req.mask, req.mask_blur))
         if req.decoder == "taesd":
-            return self.taesd.encode(_image_to_tensor(req.init_image)).expand(req.batch_size, -1, -1, -1)
-        pixels = _image_to_tensor(req.init_image).to(self.device, self.vae_dtype)
+            return self.taesd.encode(_image_to_tensor(image)).expand(req.batch_size, -1, -1, -1)
+        pixels = _image_to_tensor(image).to(self.device, self.vae_dtype)
         z = self.vae.encode(pixels, generator=torch.Generator("cpu").manual_seed(seed))
         return (z.float() * SCALING_FACTOR).expand(req.batch_size, -1, -1, -1)
+
+    def _inpaint_masks(self, req: GenerationRequest, latent_size: tuple[int, int] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel mask, latent mask), 1 = repaint; all ones without a mask (engine.inpaint), at the request's
+        size or at latent_size (h, w) * 8 (the hires pass)."""
+        h, w = (req.height, req.width) if latent_size is None else (latent_size[0] * 8, latent_size[1] * 8)
+        pixels = inpaint.pixel_mask(req.mask, w, h)
+        return pixels, inpaint.latent_mask(pixels, self.vae.config.downscale).to(self.device)
+
+    def _masked_image_latents(self, req: GenerationRequest, mask: torch.Tensor) -> torch.Tensor:
+        """The 9-channel UNet's masked-image latents (1, 4, h, w), scaled; the VAE posterior mean."""
+        pixels = None if req.init_image is None else _image_to_tensor(req.init_image)
+        image = inpaint.masked_image(pixels, mask).to(self.device, self.vae_dtype)
+        return self.vae.encode(image).float() * SCALING_FACTOR
 
     # --- TAESD (engine.taesd) ------------------------------------------------------------------------------
 
@@ -306,12 +378,20 @@ class Pipeline:
         schedule: str,
         noise: torch.Tensor,
         init: torch.Tensor | None,
+        steps: int | None = None,
+        t_enc: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """(sigmas to run, the full schedule, x to start from, extra sampler arguments). The Brownian
-        samplers' tree spans the full schedule even in img2img (A1111 create_noise_sampler)."""
-        steps = req.steps
+        samplers' tree spans the full schedule even in img2img (A1111 create_noise_sampler).
+
+        steps/t_enc: the full schedule's length and A1111's t_enc, given by the hires pass (fix-steps rule);
+        by default req.steps and int(min(strength, 0.999) * steps) (A1111 img2img, fix-steps off).
+        """
+        steps = req.steps if steps is None else steps
+        if init is not None and t_enc is None:
+            t_enc = int(min(req.strength, 0.999) * steps)
         if sampler == "unipc":
-            return self._start_unipc(req, noise, init)
+            return self._start_unipc(steps, noise, init, t_enc)
         if sampler in TIMESTEP_SAMPLERS:
             grid = TIMESTEPS[sampler](steps)[::-1]  # descending training timesteps
             sigmas = self.model_schedule.sigmas[grid]
@@ -321,31 +401,28 @@ class Pipeline:
                 return sigmas, sigmas, noise, {}  # variance-preserving scale: unit noise
             if sampler == "ddim":
                 # A1111 sd_samplers_timesteps.sample_img2img: timesteps[:t_enc], noised at timesteps[t_enc]
-                t_enc = int(min(req.strength, 0.999) * steps)
                 start, t_noise = len(grid) - t_enc, grid[::-1][t_enc]
             else:
                 # DDPM (as the seed project ran it), LCM, TCD: diffusers' img2img start index, noised there
-                start = steps - min(int(steps * req.strength), steps)
+                start = steps - min(int(steps * req.strength), steps) if req.hires is None else steps - t_enc - 1
                 t_noise = grid[start]
             alpha = self.model_schedule.alphas_cumprod[t_noise].item()
             return sigmas[start:], sigmas, alpha**0.5 * init + (1 - alpha) ** 0.5 * noise, {}
         sigmas = schedule_sigmas(schedule, steps, discard_penultimate=sampler in DISCARD_PENULTIMATE)
         if init is None:
             return sigmas, sigmas, noise * sigmas[0], {}
-        # A1111 setup_img2img_steps / sample_img2img (img2img_fix_steps off): t_enc + 1 sampler steps
-        t_enc = int(min(req.strength, 0.999) * steps)
+        # A1111 setup_img2img_steps / sample_img2img: t_enc + 1 sampler steps
         run = sigmas[steps - t_enc - 1 :]
         return run, sigmas, init + noise * run[0], {}
 
-    def _start_unipc(self, req: GenerationRequest, noise: torch.Tensor, init: torch.Tensor | None):
+    def _start_unipc(self, steps: int, noise: torch.Tensor, init: torch.Tensor | None, t_enc: int | None):
         """A1111 sd_samplers_timesteps_impl.unipc: the DDIM grid's length, time-uniform from t = 999 down; in
         img2img the first t_enc DDIM timesteps, starting at the last of them, noised at timesteps[t_enc]."""
-        ddim_grid = TIMESTEPS["ddim"](req.steps)
+        ddim_grid = TIMESTEPS["ddim"](steps)
         alphas_cumprod = self.model_schedule.alphas_cumprod
         if init is None:
             sigmas, times = unipc.grid(len(ddim_grid), alphas_cumprod)
             return sigmas, sigmas, noise, {"timesteps": times}
-        t_enc = int(min(req.strength, 0.999) * req.steps)
         sigmas, times = unipc.grid(t_enc, alphas_cumprod, t_max=float(ddim_grid[t_enc - 1]))
         alpha = alphas_cumprod[ddim_grid[t_enc]].item()
         return sigmas, sigmas, alpha**0.5 * init + (1 - alpha) ** 0.5 * noise, {"timesteps": times}
@@ -438,6 +515,34 @@ class Pipeline:
     def vae_hash(self) -> str | None:
         """A1111's `VAE hash` (sha256[:10]) of the external VAE file, or None."""
         return self._networks.vae_hash
+
+
+def _calls(sampler: str, steps: int) -> int:
+    """Denoiser calls the prompt schedules count for `steps` (A1111 SamplerData.total_steps)."""
+    return 2 * steps if sampler in SECOND_ORDER else steps
+
+
+class _Progress:
+    """The samplers' step callback: checks for cancel, reports StepEvents numbered over all passes."""
+
+    def __init__(self, on_step: StepCallback | None, started: float, total: int, check_cancel: Callable[[], None],
+                 previewer: StepPreviewer | None = None):
+        self.on_step, self.started, self.total, self.check_cancel = on_step, started, total, check_cancel
+        self.previewer = previewer  # TAESD previews of the x0 estimate; None: the latent colour map
+        self.done = 0  # steps of the passes already finished
+
+    def __call__(self, d: dict) -> None:
+        self.check_cancel()
+        if self.on_step is not None:
+            self.on_step(
+                StepEvent(
+                    step=self.done + d["i"] + 1,
+                    total=self.total,
+                    elapsed=time.perf_counter() - self.started,
+                    preview=latent_preview(d["denoised"][0]) if self.previewer is None
+                    else self.previewer(d["denoised"]),
+                )
+            )
 
 
 @dataclass

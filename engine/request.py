@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.hires import HiresFix  # torch-free
 from engine.names import MAX_STEPS, SCHEDULE_NAMES, resolve_sampler  # not engine.samplers: no torch here
 
 if TYPE_CHECKING:
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds; keep them in signed range for JSON/SQL
 MIN_SIDE, MAX_SIDE = 64, 2048
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # as engine.inpaint (no torch here)
 # A1111 "CPU", and its Philox emulation of CUDA randn ("NV"); "gpu" is the same as "nv" (engine.rng.randn)
 RNG_SOURCES = ("cpu", "nv", "gpu")
 MAX_CLIP_SKIP = 12
@@ -64,6 +66,10 @@ class GenerationRequest:
     ensd: int = 0
     loras: tuple = ()
     decoder: str = "vae"
+    mask: Any = None  # PIL "L" (or "1") image of width x height, white = repaint; needs init_image
+    mask_blur: int = 4  # A1111's "Mask blur": Gaussian sigma in pixels of the final composite's mask edge
+    masked_content: str = "original"  # A1111's "Masked content": engine.inpaint.MASKED_CONTENT
+    hires: HiresFix | None = None  # A1111's hires fix (txt2img only): engine.hires
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
@@ -111,6 +117,39 @@ class GenerationRequest:
                     f"strength {self.strength} with {self.steps} steps runs no denoising step: "
                     "raise the strength or the steps"
                 )
+        self._validate_mask()
+        self._validate_hires()
+
+    def _validate_hires(self) -> None:
+        if self.hires is None:
+            return
+        if not isinstance(self.hires, HiresFix):
+            raise TypeError(f"hires must be an engine.hires.HiresFix or None, got {type(self.hires).__name__}")
+        if self.init_image is not None:
+            raise ValueError("hires fix is for txt2img: leave init_image empty or turn hires fix off")
+        (up_w, up_h), (w, h) = self.hires.sizes(self.width, self.height)
+        if not MIN_SIDE <= min(w, h) or max(up_w, up_h) > MAX_SIDE:
+            raise ValueError(
+                f"hires fix would make {up_w}x{up_h}: sides must stay from {MIN_SIDE} to {MAX_SIDE}"
+            )
+
+    def _validate_mask(self) -> None:
+        if not _is_int(self.mask_blur) or not 0 <= self.mask_blur <= 64:
+            raise ValueError(f"mask_blur must be an integer from 0 to 64, got {self.mask_blur!r}")
+        if self.masked_content not in MASKED_CONTENT:
+            raise ValueError(
+                f"masked_content must be one of {', '.join(MASKED_CONTENT)}, got {self.masked_content!r}"
+            )
+        if self.mask is None:
+            return
+        if getattr(self.mask, "mode", None) not in ("L", "1") or not hasattr(self.mask, "convert"):
+            raise ValueError("mask must be a PIL image in mode 'L' (or '1'): white repaints, black keeps")
+        if self.init_image is None:
+            raise ValueError("a mask needs an init_image to inpaint")
+        if tuple(self.mask.size) != (self.width, self.height):
+            raise ValueError(
+                f"mask is {self.mask.size[0]}x{self.mask.size[1]} but the request is {self.width}x{self.height}"
+            )
 
     def _validate_noise_and_text(self) -> None:
         if self.rng not in RNG_SOURCES:

@@ -110,7 +110,7 @@ def test_tiled_decode_is_interruptible(pipe):
             raise engine.Cancelled("stop")
 
     with torch.inference_mode(), pytest.raises(engine.Cancelled):
-        pipe.vae._decode_tiled(z, tile=16, overlap=4, interrupt=interrupt)
+        pipe.vae.decode(z, tiled=True, interrupt=interrupt)
     assert len(seen) == 3
 
 
