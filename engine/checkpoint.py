@@ -277,12 +277,14 @@ def identify(state: dict[str, torch.Tensor]) -> str | None:
             return "a VAE-only file (no UNet or text encoder)"
         return f"not a Stable Diffusion checkpoint ({len(keys)} tensors, e.g. {', '.join(keys[:3])})"
     conv_in = state.get("model.diffusion_model.input_blocks.0.0.weight")
-    if conv_in is not None and conv_in.ndim == 4 and conv_in.shape[1] != 4:
+    # 9 channels: an inpainting UNet (sd-v1-5-inpainting), conditioned on the mask and the masked image's
+    # latents (engine.inpaint); other widths need conditioning we do not provide.
+    if conv_in is not None and conv_in.ndim == 4 and conv_in.shape[1] not in (4, 9):
         c = conv_in.shape[1]
         kind = {9: "an inpainting", 8: "an instruct-pix2pix", 5: "a depth-conditioned"}.get(
             c, "a non-standard"
         )
-        return f"{kind} UNet ({c} input channels); only 4-channel SD1.x txt2img models are supported"
+        return f"{kind} UNet ({c} input channels); only 4-channel and 9-channel (inpainting) SD1.x UNets are supported"
     if any(k.startswith("model.diffusion_model.label_emb.") for k in keys):
         return "a class-conditioned UNet (label_emb, e.g. SD2 unCLIP/upscaler), not SD1.x"
     k = state.get("model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight")
@@ -314,9 +316,10 @@ def infer_configs(
         raise CheckpointError(
             f"UNet context width {unet.context_dim} does not match text encoder width {te.width}"
         )
-    if unet.in_channels != 4 or vae.embed_dim != 4:
+    if unet.in_channels not in (4, 9) or unet.out_channels != 4 or vae.embed_dim != 4:
         raise CheckpointError(
-            f"expected 4 latent channels, found UNet {unet.in_channels} / VAE {vae.embed_dim}"
+            f"expected 4 latent channels (9 UNet inputs for inpainting), found UNet {unet.in_channels} in / "
+            f"{unet.out_channels} out, VAE {vae.embed_dim}"
         )
     return te, unet, vae
 

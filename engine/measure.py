@@ -333,7 +333,7 @@ def run_child(opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def tiled_decode(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Decode opts.tiled_side^2 pixels of random latents in tiles (auto-tiling); time and peak memory."""
+    """Decode opts.tiled_side^2 pixels of random latents in tiles (engine.vae_tiled); time and peak memory."""
     import numpy as np
 
     from engine.config import VAEConfig
@@ -351,6 +351,6 @@ def tiled_decode(opts: argparse.Namespace, device: torch.device) -> dict[str, An
     lat = opts.tiled_side // 8
     z = torch.randn(1, 4, lat, lat).to(device, vae_dtype)
     with torch.inference_mode():
-        out["tiled_decode_s"] = timed(lambda: vae.decode(z), device)
+        out["tiled_decode_s"] = timed(lambda: vae.decode(z, tiled=True), device)
     out["tiled_peak"] = peak_rss()
     return out

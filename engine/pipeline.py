@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine import rng
+from engine import inpaint, rng
 from engine.checkpoint import check_checkpoint_path, load_models
 from engine.conditioning import Conditioner
 from engine.denoiser import CFGDenoiser
@@ -220,8 +220,13 @@ class Pipeline:
         sigmas, full_sigmas, x, kwargs = self._start(req, sampler, schedule, first, init)
         sigmas = sigmas.to(self.device)  # k-diffusion append_dims makes (1, 1, 1, 1) sigmas: on x's device
 
+        unet, masks = self.unet, None
+        if req.mask is not None or inpaint.is_inpainting_unet(self.unet):
+            masks = self._inpaint_masks(req)
+            if inpaint.is_inpainting_unet(self.unet):
+                unet = inpaint.MaskedImageUNet(self.unet, masks[1], self._masked_image_latents(req, masks[0]))
         denoiser = CFGDenoiser(
-            self.unet,
+            unet,
             self.model_schedule,
             cond,
             uncond,
@@ -229,6 +234,8 @@ class Pipeline:
             dtype=self.dtype,
             interrupt=check_cancel,
         )
+        if req.mask is not None and not inpaint.is_inpainting_unet(self.unet):
+            denoiser = inpaint.LatentBlend(denoiser, init, masks[1].to(self.device))
         total = len(sigmas) - 1
         tiny_preview = StepPreviewer(self.taesd, self.preview_budget) if self._taesd_has("decoder") else None
 
@@ -248,9 +255,12 @@ class Pipeline:
         else:
             images = self.vae.decode((latents / SCALING_FACTOR).to(self.vae_dtype), interrupt=check_cancel)
         check_cancel()
+        pictures = _tensor_to_images(images)
+        if req.mask is not None:  # unmasked pixels from the original, over the blurred mask edge
+            pictures = inpaint.composite(pictures, req.init_image, inpaint.blur_mask(req.mask, req.mask_blur))
         log.info("generated %d image(s) in %.1f s", req.batch_size, time.perf_counter() - started)
         ti_hashes = {word: h for word, h in self.embedding_hashes.items() if word in used}
-        return GenerationResult(images=_tensor_to_images(images), seed=seed, seeds=seeds, latents=latents,
+        return GenerationResult(images=pictures, seed=seed, seeds=seeds, latents=latents,
                                 lora_hashes=self.lora_hashes, ti_hashes=ti_hashes, vae_name=self.vae_name,
                                 vae_hash=self.vae_hash)
 
@@ -296,6 +306,17 @@ class Pipeline:
                 what = "no TAESD is attached" if self.taesd is None else f"the attached TAESD has no {part}"
                 raise ValueError(f"decoder 'taesd' needs a tiny auto{part} but {what}: call set_taesd() with the "
                                  f"taesd_{part} file, or use decoder 'vae'")
+
+    def _inpaint_masks(self, req: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel mask, latent mask), 1 = repaint; all ones without a mask (engine.inpaint)."""
+        pixels = inpaint.pixel_mask(req.mask, req.width, req.height)
+        return pixels, inpaint.latent_mask(pixels, self.vae.config.downscale).to(self.device)
+
+    def _masked_image_latents(self, req: GenerationRequest, mask: torch.Tensor) -> torch.Tensor:
+        """The 9-channel UNet's masked-image latents (1, 4, h, w), scaled; the VAE posterior mean."""
+        pixels = None if req.init_image is None else _image_to_tensor(req.init_image)
+        image = inpaint.masked_image(pixels, mask).to(self.device, self.vae_dtype)
+        return self.vae.encode(image).float() * SCALING_FACTOR
 
     def _start(
         self,

@@ -64,6 +64,8 @@ class GenerationRequest:
     ensd: int = 0
     loras: tuple = ()
     decoder: str = "vae"
+    mask: Any = None  # PIL "L" (or "1") image of width x height, white = repaint; needs init_image
+    mask_blur: int = 4  # A1111's "Mask blur": Gaussian sigma in pixels of the final composite's mask edge
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
@@ -111,6 +113,21 @@ class GenerationRequest:
                     f"strength {self.strength} with {self.steps} steps runs no denoising step: "
                     "raise the strength or the steps"
                 )
+        self._validate_mask()
+
+    def _validate_mask(self) -> None:
+        if not _is_int(self.mask_blur) or not 0 <= self.mask_blur <= 64:
+            raise ValueError(f"mask_blur must be an integer from 0 to 64, got {self.mask_blur!r}")
+        if self.mask is None:
+            return
+        if getattr(self.mask, "mode", None) not in ("L", "1") or not hasattr(self.mask, "convert"):
+            raise ValueError("mask must be a PIL image in mode 'L' (or '1'): white repaints, black keeps")
+        if self.init_image is None:
+            raise ValueError("a mask needs an init_image to inpaint")
+        if tuple(self.mask.size) != (self.width, self.height):
+            raise ValueError(
+                f"mask is {self.mask.size[0]}x{self.mask.size[1]} but the request is {self.width}x{self.height}"
+            )
 
     def _validate_noise_and_text(self) -> None:
         if self.rng not in RNG_SOURCES:

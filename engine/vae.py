@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import layers
+from engine import layers, vae_tiled
 from engine.attention import FusedProjection, attention
 from engine.config import GROUPS, VAEConfig
 from engine.layers import Conv2d, NearestUpsampleConv
@@ -24,12 +24,6 @@ log = logging.getLogger(__name__)
 Interrupt = Callable[[], None]  # called between blocks; raises (engine.Cancelled) to abandon the decode
 
 SCALING_FACTOR = 0.18215  # SD1.x's latent scale: latents = SCALING_FACTOR * z, giving roughly unit variance
-
-# Tiled decoding: latents above this many pixels (h*w) are decoded in overlapping tiles to bound memory.
-TILE = 64  # latent pixels per tile side (512 image pixels)
-TILE_OVERLAP = 16  # latent pixels shared by neighbouring tiles, blended linearly
-AUTO_TILE_ABOVE = 96 * 96
-
 
 def norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(GROUPS, channels, eps=1e-6)
@@ -201,14 +195,19 @@ class VAE(nn.Module):
         self.post_quant_conv = Conv2d(cfg.embed_dim, cfg.z_channels, 1)
 
     def encode(self, image: torch.Tensor, generator: torch.Generator | None = None,
-               interrupt: Interrupt | None = None) -> torch.Tensor:
+               interrupt: Interrupt | None = None, tiled: bool | None = None) -> torch.Tensor:
         """image (B, 3, H, W) in [-1, 1] -> z (B, 4, H/8, W/8), unscaled (multiply by SCALING_FACTOR).
 
         Without a generator: the posterior mean; with one: mean + std * noise drawn from it (noise is drawn
         on the generator's device and moved, like diffusers' `randn_tensor`). `interrupt` is called after
-        every res block of the encoder (img2img at a large size: cancel within a block).
+        every res block of the encoder (img2img at a large size: cancel within a block). tiled: as decode's.
         """
-        moments = self.quant_conv(self.encoder(image, interrupt)).contiguous()
+        if tiled is None:
+            tiled = needs_tiling(self.config, image.shape[0], image.shape[-2], image.shape[-1], image)
+        if tiled:
+            moments = vae_tiled.encode_moments(self, image, interrupt=interrupt).contiguous()
+        else:
+            moments = self.quant_conv(self.encoder(image, interrupt)).contiguous()
         mean, logvar = moments.chunk(2, dim=1)
         if generator is None:
             return mean
@@ -219,54 +218,53 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor, tiled: bool | None = None, interrupt: Interrupt | None = None) -> torch.Tensor:
         """z = latents / SCALING_FACTOR, (B, 4, h, w) -> image (B, 3, 8h, 8w), roughly in [-1, 1].
 
-        tiled=None decodes in overlapping tiles when h*w > 96*96 (output then differs very slightly).
-        `interrupt` is called between decoder blocks (see Decoder.forward); whatever it raises propagates.
+        tiled=None tiles only when the whole-image decode would not fit in the memory available on z's device
+        (needs_tiling); tiled or not, the numbers are the same (engine.vae_tiled). `interrupt` is called
+        between decoder blocks (see Decoder.forward); whatever it raises propagates.
         """
         if tiled is None:
-            tiled = z.shape[-2] * z.shape[-1] > AUTO_TILE_ABOVE
-        if tiled and (z.shape[-2] > TILE or z.shape[-1] > TILE):
-            return self._decode_tiled(z, interrupt=interrupt)
+            tiled = needs_tiling(self.config, z.shape[0], z.shape[-2] * 8, z.shape[-1] * 8, z)
+        if tiled:
+            return vae_tiled.decode(self, z, interrupt=interrupt)
         return self.decoder(self.post_quant_conv(z), interrupt).contiguous()
 
-    def _decode_tiled(self, z: torch.Tensor, tile: int = TILE, overlap: int = TILE_OVERLAP,
-                      interrupt: Interrupt | None = None) -> torch.Tensor:
-        """Decode tile x tile latent patches overlapping by `overlap`, blended linearly where they meet.
 
-        Memory is bounded by the tile size, whatever the image size.
-        """
-        s = self.config.downscale
-        b, _, h, w = z.shape
-        out = torch.zeros(b, self.config.out_channels, h * s, w * s, dtype=z.dtype, device=z.device)
-        weight = torch.zeros(1, 1, h * s, w * s, dtype=z.dtype, device=z.device)
-        rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-        log.debug("tiled VAE decode: %dx%d latents in %d tiles", h, w, len(rows) * len(cols))
-        for y in rows:
-            for x in cols:
-                th, tw = min(tile, h - y), min(tile, w - x)
-                part = self.decoder(self.post_quant_conv(z[:, :, y : y + th, x : x + tw]), interrupt)
-                wy = _ramp(th * s, overlap * s, y > 0, y + th < h, z)
-                wx = _ramp(tw * s, overlap * s, x > 0, x + tw < w, z)
-                mask = wy[:, None] * wx[None, :]
-                out[:, :, y * s : (y + th) * s, x * s : (x + tw) * s] += part * mask
-                weight[:, :, y * s : (y + th) * s, x * s : (x + tw) * s] += mask
-        return out / weight
+# Peak bytes of a whole-image decode or encode, in units of one full-resolution activation
+# (B * C0 * H * W * itemsize, C0 = channels * channel_mult[0]): a res block's input, its two convolution
+# outputs and the upsampling conv's output at the top level. Measured (peak RSS) on the tiny model on the
+# CPU, fp32, 1024x1024: 770 MB above the model = 6.0 activations of 128 MB; tiled (engine.vae_tiled): 252 MB.
+UNTILED_PEAK_ACTIVATIONS = 6
+MEMORY_FRACTION = 0.8  # leave this share of the available memory to everything else
 
 
-def tile_starts(n: int, tile: int = TILE, overlap: int = TILE_OVERLAP) -> list[int]:
-    """Start offsets of tiles covering 0..n, neighbours overlapping by at least `overlap`."""
-    if n <= tile:
-        return [0]
-    starts = list(range(0, n - tile, tile - overlap))
-    return [*starts, n - tile]
+def untiled_bytes(cfg: VAEConfig, batch: int, height: int, width: int, itemsize: int) -> int:
+    """Estimated peak memory of a whole-image decode (or encode) of `height` x `width` pixels."""
+    return UNTILED_PEAK_ACTIVATIONS * batch * cfg.channels * cfg.channel_mult[0] * height * width * itemsize
 
 
-def _ramp(n: int, ramp: int, rise: bool, fall: bool, like: torch.Tensor) -> torch.Tensor:
-    """Per-pixel weights: 1 inside, rising linearly over `ramp` pixels at edges shared with a neighbour."""
-    w = torch.ones(n, dtype=like.dtype, device=like.device)
-    edge = (torch.arange(ramp, dtype=like.dtype, device=like.device) + 0.5) / ramp
-    ramp = min(ramp, n)
-    if rise:
-        w[:ramp] = torch.minimum(w[:ramp], edge[:ramp])
-    if fall:
-        w[n - ramp :] = torch.minimum(w[n - ramp :], edge[:ramp].flip(0))
-    return w
+def available_bytes(device: torch.device) -> int:
+    """Memory free for new tensors: on CUDA the driver's free memory plus PyTorch's cached-but-unused
+    blocks; elsewhere (CPU, and MPS's unified memory) the system's available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # psutil is optional: Linux's own estimate
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return 2**62  # unknown: never tile on our own
+
+
+def needs_tiling(cfg: VAEConfig, batch: int, height: int, width: int, like: torch.Tensor) -> bool:
+    """Whether a whole-image pass would exceed MEMORY_FRACTION of what `like`'s device has free."""
+    need = untiled_bytes(cfg, batch, height, width, like.element_size())
+    free = available_bytes(like.device)
+    if need > MEMORY_FRACTION * free:
+        log.info("VAE in tiles: %.2f GB needed whole, %.2f GB free", need / 1e9, free / 1e9)
+        return True
+    return False

@@ -155,7 +155,7 @@ def _replace(state, **shapes):
         ("sd2_context", "1024-wide"),
         ("sd2_linear_proj", "linear proj_in"),
         ("sdxl", "SDXL"),
-        ("inpainting", "inpainting UNet \\(9 input channels\\)"),
+        ("pix2pix", "instruct-pix2pix UNet \\(8 input channels\\)"),
         ("vae_only", "VAE-only"),
         ("vae_only_bare", "VAE-only"),
         ("lora", "LoRA"),
@@ -175,8 +175,8 @@ def test_not_sd1_files_named(tmp_path, tiny_state, case, message):
         state = _replace(tiny_state, input_blocks__1__1__proj_in__weight=(32, 32))
     elif case == "sdxl":
         state = {"conditioner.embedders.1.model.ln_final.weight": torch.ones(4), **tiny_state}
-    elif case == "inpainting":
-        state = _replace(tiny_state, input_blocks__0__0__weight=(32, 9, 3, 3))
+    elif case == "pix2pix":  # 9 channels (inpainting) load: tests/test_inpaint.py
+        state = _replace(tiny_state, input_blocks__0__0__weight=(32, 8, 3, 3))
     elif case == "vae_only":
         state = {k: v for k, v in tiny_state.items() if k.startswith("first_stage_model.")}
     elif case == "vae_only_bare":
