@@ -41,6 +41,7 @@ from .step_times import StepTimes, size_warning
 from .widgets.canvas import CanvasPanel
 from .widgets.history_strip import HistoryStrip
 from .widgets.init_image_panel import InitImagePanel
+from .widgets.mask_editor import MaskEditor
 from .widgets.params_panel import ParamsPanel
 from .widgets.prompt_panel import PromptPanel, load_presets
 from .widgets.run_bar import RunBar
@@ -91,6 +92,7 @@ class MainWindow(QMainWindow):
         self.run_bar = RunBar()
         self.canvas_panel = CanvasPanel()
         self.canvas = self.canvas_panel.canvas
+        self.mask_editor = MaskEditor(self.canvas_panel)  # mask mode: inpainting, outpainting, upscale
         self.history_strip = HistoryStrip()
         self.favorites = FavoritesController(self, library_dir(self.data_dir))
         self.networks = NetworksController(self)  # Networks tab, model combo, LoRA/embedding/VAE resolution
@@ -226,6 +228,8 @@ class MainWindow(QMainWindow):
         self.init_panel.restoreRequested.connect(self.apply_image_params)
         self.init_panel.cleared.connect(lambda: self._show_status("Init image cleared: back to text-to-image"))
         self.favorites.install_history_menu(self.history_strip)
+        self.mask_editor.message.connect(self._show_status)
+        self.mask_editor.imageWritten.connect(lambda _path: self.reload_history())
 
     # ------------------------------------------------------------------ parameters
     def current_params(self) -> GenerationParams:
@@ -306,6 +310,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("No model loaded: choose a checkpoint first (File ▸ Open Checkpoint…)", 6000)
             return False
         params = self.current_params()
+        self.mask_editor.apply_to(params)  # mask mode with a mask: inpaint the canvas image at its size
         try:
             self.networks.resolve(params)  # LoRA tags -> files (unknown names refused), embeddings, VAE
             params.request(params.seed)  # the engine's own validation, before anything starts

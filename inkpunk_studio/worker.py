@@ -28,7 +28,7 @@ from PySide6.QtWidgets import QApplication
 
 import engine
 
-from . import history, networks
+from . import editing, history, networks
 from .fileio import atomic_write_bytes, describe_write_error
 from .metadata import ImageParams, png_bytes
 from .tokens import count_tokens, warm_up_tokenizer  # noqa: F401 - count_tokens: the old home, kept
@@ -77,6 +77,10 @@ class GenerationParams:
     loras: tuple = ()  # GenerationRequest.loras entries: (path, te_weight, unet_weight)
     embeddings: tuple = ()  # embedding files to have loaded (their words appear in the prompts)
     vae: str = ""  # an external VAE file, "" for the checkpoint's own
+    # inpainting (the canvas's mask mode, inkpunk_studio.widgets.mask_editor): PIL "L" of width x height,
+    # white = repaint, with init_image; saved beside the image as name.mask.png (not with the params)
+    mask: Any = None
+    mask_blur: int = 4
 
     _PLAIN = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
               "batch_count", "strength", "schedule", "clip_skip", "variation_seed", "variation_strength", "rng",
@@ -105,7 +109,8 @@ class GenerationParams:
             init_image=self.init_image, strength=self.strength, schedule=self.schedule, rng=self.rng,
             clip_skip=self.clip_skip, emphasis=self.emphasis,
             variation_seed=self.variation_seed if variation_seed is None else variation_seed,
-            variation_strength=self.variation_strength, ensd=self.ensd, loras=self.loras)
+            variation_strength=self.variation_strength, ensd=self.ensd, loras=self.loras,
+            mask=self.mask, mask_blur=self.mask_blur)
 
     def image_params(self, seed: int, model_name: str = "", model_hash: str = "",
                      variation_seed: int | None = None) -> ImageParams:
@@ -301,6 +306,11 @@ class GenerationWorker(QObject):
                                     "error": describe_write_error(exc, job.output_dir)})
             return
         saved.append(str(path))
+        if job.params.mask is not None:  # kept beside the image, so showing or restoring it brings it back
+            try:
+                editing.save_mask(job.params.mask, path)
+            except OSError as exc:
+                log.warning("could not save the mask beside %s: %s", path, exc)
         self.imageSaved.emit({**info, "path": str(path)})
 
     def _emit_progress(self, job: GenerationJob, event: Any, index: int, started: float) -> None:
