@@ -131,3 +131,66 @@ def upscaled_path(image_path: str | Path, factor: int) -> Path:
         candidate = path.with_name(f"{path.stem}-x{factor}-{n}.png")
         n += 1
     return candidate
+
+
+# --- hires fix (engine.hires.HiresFix, A1111's txt2img hires fix) --------------------------------------------
+# Infotext keys as A1111 writes them (processing.py, StableDiffusionProcessingTxt2Img.init: extra_generation_params)
+HIRES_KEYS = ("Hires upscale", "Hires steps", "Hires upscaler")
+
+
+def engine_has_hires() -> bool:
+    """Whether this build's engine takes ``GenerationRequest.hires``."""
+    import dataclasses
+
+    import engine
+
+    return any(f.name == "hires" for f in dataclasses.fields(engine.GenerationRequest))
+
+
+def hires_upscalers() -> tuple[str, ...]:
+    """The engine's hires upscaler names (``engine.hires.UPSCALERS``); A1111's two commonest without it."""
+    try:
+        from engine.hires import UPSCALERS
+    except ImportError:
+        return ("Latent", "Lanczos")
+    return tuple(UPSCALERS)
+
+
+def hires_fix(scale: float, steps: int, denoise: float, upscaler: str):
+    """An ``engine.HiresFix`` (ValueError for bad values, or when the engine has no hires fix)."""
+    if not engine_has_hires():
+        raise ValueError("hires fix is not available in this build: turn it off")
+    from engine.hires import HiresFix
+
+    return HiresFix(scale=float(scale), steps=int(steps), denoise=float(denoise), upscaler=upscaler)
+
+
+def hires_infotext(scale: float, steps: int, upscaler: str) -> dict[str, str]:
+    """A1111's infotext entries of a hires fix ("Denoising strength" is ImageParams.strength): ``Hires steps``
+    only when it differs from the first pass's (0), as A1111 writes it."""
+    items = {"Hires upscale": f"{scale:g}", "Hires upscaler": upscaler}
+    if steps:
+        items["Hires steps"] = str(int(steps))
+    return items
+
+
+def hires_from_infotext(extra: dict[str, str], strength: float | None) -> dict:
+    """HiresSection.set_values arguments from an image's infotext: hires on with its values when it has
+    ``Hires upscale``, else hires off. Unreadable numbers are left out (the controls keep theirs)."""
+    if "Hires upscale" not in extra:
+        return {"hires": False}
+    values: dict = {"hires": True}
+    for key, name, kind in (("Hires upscale", "hires_scale", float), ("Hires steps", "hires_steps", int)):
+        try:
+            values[name] = kind(extra[key]) if key in extra else (0 if kind is int else None)
+        except ValueError:
+            continue
+    if extra.get("Hires upscaler"):
+        values["hires_upscaler"] = extra["Hires upscaler"]
+    try:  # with Hires keys the metadata parser leaves "Denoising strength" in extra (it is the hires pass's)
+        denoise = float(extra["Denoising strength"]) if "Denoising strength" in extra else strength
+    except ValueError:
+        denoise = strength
+    if denoise is not None:
+        values["hires_denoise"] = float(denoise)
+    return {k: v for k, v in values.items() if v is not None}

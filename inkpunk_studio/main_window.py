@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 import engine
 
 from . import history, paths
+from .editing import hires_from_infotext
 from .favorites import FavoritesController, library_dir
 from .fileio import check_output_folder
 from .first_run import CHECKPOINT_FILTER, FirstRunDialog
@@ -249,7 +250,8 @@ class MainWindow(QMainWindow):
             sampler=params.sampler, schedule=params.schedule, steps=params.steps, cfg_scale=params.cfg_scale,
             seed=params.seed, random_seed=params.seed is None, width=params.width, height=params.height,
             batch_count=params.batch_count, clip_skip=params.clip_skip, variation_seed=params.variation_seed,
-            random_variation_seed=params.variation_seed is None, variation_strength=params.variation_strength)
+            random_variation_seed=params.variation_seed is None, variation_strength=params.variation_strength,
+            **params.hires_values())
 
     def apply_image_params(self, meta: ImageParams) -> list[str]:
         """Restore prompts and settings from an image's metadata, the Settings' noise source, ENSD and emphasis
@@ -260,7 +262,8 @@ class MainWindow(QMainWindow):
             sampler=meta.sampler, schedule=meta.schedule, steps=meta.steps, cfg_scale=meta.cfg_scale,
             seed=meta.seed, random_seed=meta.seed is None, width=meta.width, height=meta.height,
             clip_skip=meta.clip_skip, variation_seed=meta.variation_seed,
-            random_variation_seed=meta.variation_seed is None, variation_strength=meta.variation_strength)
+            random_variation_seed=meta.variation_seed is None, variation_strength=meta.variation_strength,
+            **hires_from_infotext(meta.extra, meta.strength))
         if meta.strength is not None:
             self.init_panel.set_strength(meta.strength)
         changed = self._restore_sampling_settings(meta, notes)

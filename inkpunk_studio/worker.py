@@ -81,10 +81,16 @@ class GenerationParams:
     # white = repaint, with init_image; saved beside the image as name.mask.png (not with the params)
     mask: Any = None
     mask_blur: int = 4
+    # A1111's hires fix (txt2img only; the side panel's HiresSection -> editing.hires_fix -> request.hires)
+    hires: bool = False
+    hires_scale: float = 2.0
+    hires_steps: int = 0  # 0: the first pass's steps
+    hires_denoise: float = 0.7
+    hires_upscaler: str = "Latent"
 
     _PLAIN = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
               "batch_count", "strength", "schedule", "clip_skip", "variation_seed", "variation_strength", "rng",
-              "ensd", "emphasis")
+              "ensd", "emphasis", "hires", "hires_scale", "hires_steps", "hires_denoise", "hires_upscaler")
     _OPTIONAL_INTS = ("seed", "variation_seed")
 
     @property
@@ -110,7 +116,23 @@ class GenerationParams:
             clip_skip=self.clip_skip, emphasis=self.emphasis,
             variation_seed=self.variation_seed if variation_seed is None else variation_seed,
             variation_strength=self.variation_strength, ensd=self.ensd, loras=self.loras,
-            mask=self.mask, mask_blur=self.mask_blur)
+            mask=self.mask, mask_blur=self.mask_blur, **self._hires_request())
+
+    def hires_values(self) -> dict[str, Any]:
+        """The hires fix fields, as ParamsPanel.set_values takes them."""
+        return {name: getattr(self, name) for name in ("hires", "hires_scale", "hires_steps", "hires_denoise",
+                                                       "hires_upscaler")}
+
+    @property
+    def uses_hires(self) -> bool:
+        """Hires fix on and applicable: A1111 runs it for txt2img only (an init image turns it off)."""
+        return self.hires and self.init_image is None
+
+    def _hires_request(self) -> dict[str, Any]:
+        if not self.uses_hires:
+            return {}
+        return {"hires": editing.hires_fix(self.hires_scale, self.hires_steps, self.hires_denoise,
+                                          self.hires_upscaler)}
 
     def image_params(self, seed: int, model_name: str = "", model_hash: str = "",
                      variation_seed: int | None = None) -> ImageParams:
@@ -118,10 +140,15 @@ class GenerationParams:
         The schedule recorded is the one used: "automatic" resolved for the sampler, as A1111's ``get_sigmas``
         writes its resolved label, so the text says "Schedule type: Karras" for DPM++ 2M."""
         vseed = self.variation_seed if variation_seed is None else variation_seed
+        strength = self.strength if self.init_image is not None else None
+        extra = {}
+        if self.uses_hires:  # A1111 writes the hires pass's denoise as "Denoising strength"
+            strength = self.hires_denoise
+            extra = editing.hires_infotext(self.hires_scale, self.hires_steps, self.hires_upscaler)
         return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
                            sampler=self.sampler, cfg_scale=self.cfg_scale, seed=seed, width=self.width,
                            height=self.height, model_name=model_name, model_hash=model_hash,
-                           strength=self.strength if self.init_image is not None else None,
+                           strength=strength, extra=extra,
                            schedule=engine.resolve_sampler(self.sampler, self.schedule)[1], clip_skip=self.clip_skip, rng=self.rng, ensd=self.ensd,
                            emphasis=self.emphasis,
                            variation_seed=vseed if self.uses_variation else None,
@@ -158,7 +185,8 @@ class GenerationParams:
             if self.schedule == "automatic":
                 self.schedule = implied
         for name, choices in (("sampler", engine.SAMPLERS), ("schedule", engine.SCHEDULE_NAMES),
-                              ("rng", RNG_CHOICES), ("emphasis", EMPHASIS_CHOICES)):
+                              ("rng", RNG_CHOICES), ("emphasis", EMPHASIS_CHOICES),
+                              ("hires_upscaler", editing.hires_upscalers())):
             if getattr(self, name) not in choices:
                 setattr(self, name, getattr(defaults, name))
 
