@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QMenu,
     QSpinBox,
     QToolButton,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -97,9 +98,13 @@ class MaskEditor(QObject):
     def _build_row(self) -> QWidget:
         row = QWidget(self.panel)
         row.setObjectName("maskRow")
-        layout = QHBoxLayout(row)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(4)
+        lines = QVBoxLayout(row)  # two lines: the brush and its edits; the inpaint options and outpainting
+        lines.setContentsMargins(0, 0, 0, 0)
+        lines.setSpacing(4)
+        tools, options = QHBoxLayout(), QHBoxLayout()
+        for line in (tools, options):
+            line.setSpacing(4)
+            lines.addLayout(line)
         self.brush_button = self._tool("maskBrushButton", "Brush", "Paint what to repaint", row, True)
         self.eraser_button = self._tool("maskEraserButton", "Eraser", "Erase from the mask", row, True)
         group = QButtonGroup(row)
@@ -172,14 +177,16 @@ class MaskEditor(QObject):
             self.outpaint_buttons[side] = button
 
         for widget in (self.brush_button, self.eraser_button, self.size_spin, self.clear_button,
-                       self.invert_button, self.undo_button, self.redo_button, self.blur_spin, self.strength_spin,
-                       self.content_combo, self.only_masked_check):
-            layout.addWidget(widget)
-        layout.addStretch(1)
-        layout.addWidget(QLabel("Outpaint", row))
-        layout.addWidget(self.outpaint_spin)
+                       self.invert_button, self.undo_button, self.redo_button):
+            tools.addWidget(widget)
+        tools.addStretch(1)
+        tools.addWidget(QLabel("Outpaint", row))
+        tools.addWidget(self.outpaint_spin)
         for button in self.outpaint_buttons.values():
-            layout.addWidget(button)
+            tools.addWidget(button)
+        for widget in (self.blur_spin, self.strength_spin, self.content_combo, self.only_masked_check):
+            options.addWidget(widget)
+        options.addStretch(1)
         self.layer.changed.connect(lambda: self.size_spin.setValue(self.layer.brush_size))
         return row
 
