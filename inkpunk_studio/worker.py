@@ -145,6 +145,8 @@ class GenerationParams:
         if self.uses_hires:  # A1111 writes the hires pass's denoise as "Denoising strength"
             strength = self.hires_denoise
             extra = editing.hires_infotext(self.hires_scale, self.hires_steps, self.hires_upscaler)
+        if self.mask is not None and self.init_image is not None:  # A1111 StableDiffusionProcessingImg2Img.init
+            extra = {"Mask blur": str(int(self.mask_blur))}
         return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
                            sampler=self.sampler, cfg_scale=self.cfg_scale, seed=seed, width=self.width,
                            height=self.height, model_name=model_name, model_hash=model_hash,

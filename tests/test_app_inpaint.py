@@ -71,6 +71,7 @@ def test_painted_mask_repaints_only_the_masked_region(qtbot, open_window, tiny_c
     assert str(kept) not in window.history_strip.paths()
     meta = read_params(second)
     assert (meta.width, meta.height, meta.strength, meta.seed) == (64, 64, 0.9, 99)
+    assert meta.extra.get("Mask blur") == "2"
 
     # the first image has no mask file: showing it keeps the (cleared) mask; the second brings its own back
     editor.clear_button.click()

@@ -213,3 +213,12 @@ def test_mask_files_are_not_history_images(tmp_path):
     assert [p.name for p in scan_images(tmp_path)] == ["a.png"]
     assert editing.load_mask(tmp_path / "a.png", (8, 8)).mode == "L"
     assert editing.load_mask(tmp_path / "a.png", (16, 16)) is None  # a mask for another size is none
+
+
+def test_options_the_engine_lacks_are_shown_disabled_with_a_reason(editor):
+    combo = editor.content_combo
+    model = combo.model()
+    usable = [combo.itemData(i) for i in range(combo.count()) if model.item(i).isEnabled()]
+    assert usable == ["original"] and combo.count() == len(editing.MASKED_CONTENT)
+    assert "not implement" in model.item(1).toolTip()
+    assert not editor.only_masked_check.isEnabled() and "not implement" in editor.only_masked_check.toolTip()
