@@ -17,36 +17,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "resources"))
 
-from make_screenshot import SIZE, _init_picture, _wait  # after the path setup
+from make_screenshot import _init_picture, open_window  # after the path setup
 
 
 def main(out: Path) -> int:
     from PySide6.QtCore import QPoint, Qt
     from PySide6.QtGui import QImage
     from PySide6.QtTest import QTest
-    from PySide6.QtWidgets import QApplication
 
-    from engine.testing import write_random_checkpoint
     from inkpunk_studio import paths
-    from inkpunk_studio.app import make_window
-    from inkpunk_studio.settings import AppSettings
     from inkpunk_studio.widgets.prompt_panel import load_presets
-    from inkpunk_studio.widgets.theme import apply_theme
 
-    app = QApplication.instance() or QApplication([sys.argv[0]])
-    QApplication.setApplicationDisplayName("Inkpunk Studio")
-    apply_theme(app)
     with tempfile.TemporaryDirectory(prefix="inkpunk-shot-") as tmp:
         tmp_dir = Path(tmp)
-        checkpoint = write_random_checkpoint(tmp_dir / "Inkpunk-Diffusion-v2.safetensors")
-        data = tmp_dir / "data"
-        settings = AppSettings.for_data_dir(data)
-        settings.precision = "fp32"
-        settings.sync()
-        window = make_window(checkpoint=checkpoint, data_dir=data)
-        window.resize(*SIZE)
-        window.show()
-        _wait(lambda: window.host.state == "ready")
+        window = open_window(tmp_dir)
         window.prompt_panel.apply_preset(load_presets(paths.resource_path("presets.json"))[0])
         picture = tmp_dir / "neon-rings.png"
         _init_picture(picture)

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QColor, QImage, QWheelEvent
+from PySide6.QtWidgets import QApplication
 
 from inkpunk_studio import editing
 from inkpunk_studio.widgets.canvas import CanvasPanel
@@ -104,7 +105,7 @@ def test_brush_size_keys_and_ctrl_wheel(qtbot, editor):
     before = editor.layer.brush_size
     wheel = QWheelEvent(QPointF(50, 50), QPointF(50, 50), QPoint(0, 0), QPoint(0, 240), Qt.MouseButton.NoButton,
                         Qt.KeyboardModifier.ControlModifier, Qt.ScrollPhase.NoScrollPhase, False)
-    editor.brush.eventFilter(editor.canvas, wheel)
+    QApplication.sendEvent(editor.canvas, wheel)  # through the canvas's event filter, as a real wheel
     assert editor.layer.brush_size > before
 
 
