@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from io import BytesIO
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, PngImagePlugin
 from PySide6.QtCore import QObject, QSize, Signal
@@ -35,6 +36,10 @@ from ..fileio import atomic_write_bytes
 from ..history import to_qimage
 from .mask_layer import MAX_BRUSH, MIN_BRUSH, MaskBrush, MaskLayer
 
+if TYPE_CHECKING:
+    from ..worker import GenerationParams
+    from .canvas import CanvasPanel
+
 NOT_IN_ENGINE = "Not available yet: the engine does not implement this option"
 
 
@@ -53,7 +58,7 @@ class MaskEditor(QObject):
     imageWritten = Signal(str)
     message = Signal(str)
 
-    def __init__(self, panel, parent: QObject | None = None) -> None:
+    def __init__(self, panel: CanvasPanel, parent: QObject | None = None) -> None:
         super().__init__(parent or panel)
         self.panel = panel
         self.canvas = panel.canvas
@@ -239,7 +244,7 @@ class MaskEditor(QObject):
             return None
         return qimage_to_pil(image), self.layer.to_pil()
 
-    def apply_to(self, params) -> bool:
+    def apply_to(self, params: GenerationParams) -> bool:
         """Make ``params`` (a GenerationParams) inpaint the canvas image under the mask; True when it did.
         The size becomes the image's own (the mask is at image resolution)."""
         inputs = self.inpaint_inputs()

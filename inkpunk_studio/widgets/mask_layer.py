@@ -9,6 +9,9 @@ size circle through the canvas's overlay hook. Widgets for the options live in `
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from PIL import Image
 from PySide6.QtCore import QEvent, QObject, QPointF, QRect, QSize, Qt, Signal
 from PySide6.QtGui import (
@@ -22,6 +25,9 @@ from PySide6.QtGui import (
     QUndoStack,
     QWheelEvent,
 )
+
+if TYPE_CHECKING:
+    from .canvas import Canvas
 
 MIN_BRUSH, MAX_BRUSH, DEFAULT_BRUSH = 2, 512, 48
 OVERLAY_COLOR = QColor(255, 46, 136)  # the theme's magenta, shown at OVERLAY_OPACITY
@@ -65,6 +71,8 @@ class MaskLayer(QObject):
         self.erasing = False
         self._stroke_before: QImage | None = None
         self._last: QPointF | None = None
+        self._empty: bool | None = None  # is_empty's answer for the mask as it is
+        self.changed.connect(self._forget_empty)
 
     # --- state
     def size(self) -> QSize:
@@ -75,10 +83,11 @@ class MaskLayer(QObject):
         return self._mask
 
     def is_empty(self) -> bool:
-        """True when nothing is masked (no mask, or all black)."""
-        if self._mask.isNull():
-            return True
-        return self.to_pil().getbbox() is None
+        """True when nothing is masked (no mask, or all black); remembered until the next change (the overlay
+        asks on every repaint)."""
+        if self._empty is None:
+            self._empty = self._mask.isNull() or self.to_pil().getbbox() is None
+        return self._empty
 
     def reset(self, size: QSize) -> None:
         """A blank mask of ``size`` (the image's); forgets the undo history."""
@@ -86,6 +95,9 @@ class MaskLayer(QObject):
         mask.fill(0)
         self.undo_stack.clear()
         self._replace(mask)
+
+    def _forget_empty(self) -> None:
+        self._empty = None
 
     def set_brush_size(self, size: int) -> None:
         self.brush_size = max(MIN_BRUSH, min(MAX_BRUSH, int(size)))
@@ -144,7 +156,7 @@ class MaskLayer(QObject):
         self._replace(image)
         self.undo_stack.push(_Snapshot(self, before, image.copy(), "load mask"))
 
-    def _edit(self, text: str, change) -> None:
+    def _edit(self, text: str, change: Callable[[QImage], object]) -> None:
         if self._mask.isNull():
             return
         before = self._mask.copy()
@@ -179,7 +191,7 @@ class MaskBrush(QObject):
     pixel may be several image pixels). The canvas gets the keyboard focus on a press so ``[``/``]`` work.
     """
 
-    def __init__(self, canvas, layer: MaskLayer) -> None:
+    def __init__(self, canvas: Canvas, layer: MaskLayer) -> None:
         super().__init__(canvas)
         self.canvas, self.layer = canvas, layer
         self.active = False
