@@ -15,10 +15,9 @@ from .fileio import atomic_write_bytes
 
 SIDES = ("left", "right", "top", "bottom")
 # A1111's "Masked content" choices (modules/processing.py, StableDiffusionProcessingImg2Img.init: 0 fill,
-# 1 original, 2 latent noise, 3 latent nothing); the engine implements "original" (the init image's latents
-# under the mask), so only that one is offered as usable.
+# 1 original, 2 latent noise, 3 latent nothing): all usable when the engine takes
+# GenerationRequest.masked_content, else only "original" (the init image's latents under the mask).
 MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
-SUPPORTED_MASKED_CONTENT = ("original",)
 OUTPAINT_SEAM = 32  # px of the old image, next to the new area, that are repainted with a soft ramp
 
 
@@ -138,13 +137,34 @@ def upscaled_path(image_path: str | Path, factor: int) -> Path:
 HIRES_KEYS = ("Hires upscale", "Hires steps", "Hires upscaler")
 
 
-def engine_has_hires() -> bool:
-    """Whether this build's engine takes ``GenerationRequest.hires``."""
+def engine_takes(name: str) -> bool:
+    """Whether this build's ``engine.GenerationRequest`` has the field ``name``."""
     import dataclasses
 
     import engine
 
-    return any(f.name == "hires" for f in dataclasses.fields(engine.GenerationRequest))
+    return any(f.name == name for f in dataclasses.fields(engine.GenerationRequest))
+
+
+def engine_has_hires() -> bool:
+    """Whether this build's engine takes ``GenerationRequest.hires``."""
+    return engine_takes("hires")
+
+
+def supported_masked_content() -> tuple[str, ...]:
+    """The MASKED_CONTENT choices this build's engine can do."""
+    return MASKED_CONTENT if engine_takes("masked_content") else ("original",)
+
+
+def masked_content_request(masked_content: str) -> dict:
+    """GenerationRequest keyword for A1111's masked content ({} for "original" on an engine without it)."""
+    if masked_content not in MASKED_CONTENT:
+        raise ValueError(f"masked content must be one of {', '.join(MASKED_CONTENT)}, got {masked_content!r}")
+    if engine_takes("masked_content"):
+        return {"masked_content": masked_content}
+    if masked_content != "original":
+        raise ValueError(f"masked content {masked_content!r} is not available in this build: use 'original'")
+    return {}
 
 
 def hires_upscalers() -> tuple[str, ...]:

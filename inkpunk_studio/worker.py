@@ -81,6 +81,7 @@ class GenerationParams:
     # white = repaint, with init_image; saved beside the image as name.mask.png (not with the params)
     mask: Any = None
     mask_blur: int = 4
+    masked_content: str = "original"  # editing.MASKED_CONTENT
     # A1111's hires fix (txt2img only; the side panel's HiresSection -> editing.hires_fix -> request.hires)
     hires: bool = False
     hires_scale: float = 2.0
@@ -116,7 +117,7 @@ class GenerationParams:
             clip_skip=self.clip_skip, emphasis=self.emphasis,
             variation_seed=self.variation_seed if variation_seed is None else variation_seed,
             variation_strength=self.variation_strength, ensd=self.ensd, loras=self.loras,
-            mask=self.mask, mask_blur=self.mask_blur, **self._hires_request())
+            mask=self.mask, mask_blur=self.mask_blur, **self._hires_request(), **self._masked_content_request())
 
     def hires_values(self) -> dict[str, Any]:
         """The hires fix fields, as ParamsPanel.set_values takes them."""
@@ -127,6 +128,9 @@ class GenerationParams:
     def uses_hires(self) -> bool:
         """Hires fix on and applicable: A1111 runs it for txt2img only (an init image turns it off)."""
         return self.hires and self.init_image is None
+
+    def _masked_content_request(self) -> dict[str, Any]:
+        return editing.masked_content_request(self.masked_content) if self.mask is not None else {}
 
     def _hires_request(self) -> dict[str, Any]:
         if not self.uses_hires:
@@ -147,6 +151,8 @@ class GenerationParams:
             extra = editing.hires_infotext(self.hires_scale, self.hires_steps, self.hires_upscaler)
         if self.mask is not None and self.init_image is not None:  # A1111 StableDiffusionProcessingImg2Img.init
             extra = {"Mask blur": str(int(self.mask_blur))}
+            if self.masked_content != "original":  # A1111 writes "Masked content" only when not the default
+                extra["Masked content"] = self.masked_content
         return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
                            sampler=self.sampler, cfg_scale=self.cfg_scale, seed=seed, width=self.width,
                            height=self.height, model_name=model_name, model_hash=model_hash,

@@ -220,6 +220,27 @@ def test_options_the_engine_lacks_are_shown_disabled_with_a_reason(editor):
     combo = editor.content_combo
     model = combo.model()
     usable = [combo.itemData(i) for i in range(combo.count()) if model.item(i).isEnabled()]
-    assert usable == ["original"] and combo.count() == len(editing.MASKED_CONTENT)
-    assert "not implement" in model.item(1).toolTip()
+    assert tuple(usable) == editing.supported_masked_content() and combo.count() == len(editing.MASKED_CONTENT)
+    for i in range(combo.count()):
+        assert model.item(i).isEnabled() or "not implement" in model.item(i).toolTip()
     assert not editor.only_masked_check.isEnabled() and "not implement" in editor.only_masked_check.toolTip()
+
+
+def test_masked_content_goes_to_the_request_as_the_engine_allows():
+    from inkpunk_studio.worker import GenerationParams
+
+    image, mask = Image.new("RGB", (64, 64), (9, 9, 9)), Image.new("L", (64, 64), 255)
+    params = GenerationParams(width=64, height=64, init_image=image, mask=mask, mask_blur=2, masked_content="fill")
+    meta = params.image_params(seed=1)
+    assert meta.extra == {"Mask blur": "2", "Masked content": "fill"}
+    if editing.engine_takes("masked_content"):
+        assert params.request(seed=1).masked_content == "fill"
+    else:
+        with pytest.raises(ValueError, match="not available in this build"):
+            params.request(seed=1)
+    params.masked_content = "original"
+    assert params.request(seed=1).mask is mask
+    assert params.image_params(seed=1).extra == {"Mask blur": "2"}
+    params.masked_content = "sparkles"
+    with pytest.raises(ValueError, match="masked content must be one of"):
+        params.request(seed=1)

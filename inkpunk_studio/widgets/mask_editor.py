@@ -153,14 +153,15 @@ class MaskEditor(QObject):
         self.strength_spin.setToolTip("Denoising strength of the masked part (1 = ignore what is there)")
         self.content_combo = QComboBox(row)
         self.content_combo.setObjectName("maskedContentCombo")
+        supported = editing.supported_masked_content()
         for name in editing.MASKED_CONTENT:
             self.content_combo.addItem(f"masked: {name}", name)
-            if name not in editing.SUPPORTED_MASKED_CONTENT:
+            if name not in supported:
                 item = self.content_combo.model().item(self.content_combo.count() - 1)
                 item.setEnabled(False)
                 item.setToolTip(NOT_IN_ENGINE)
-        self.content_combo.setToolTip("Masked content (A1111): the engine starts from the original image; "
-                                      "fill, latent noise and latent nothing are not implemented yet")
+        self.content_combo.setToolTip("Masked content (A1111): what the masked part starts from: the original "
+                                      "image, its surroundings' colours (fill), or noise")
         self.only_masked_check = QCheckBox("Only masked", row)
         self.only_masked_check.setObjectName("onlyMaskedCheck")
         self.only_masked_check.setEnabled(False)
@@ -255,6 +256,7 @@ class MaskEditor(QObject):
         params.width, params.height = image.size
         params.strength = round(self.strength_spin.value(), 2)
         params.mask_blur = self.blur_spin.value()
+        params.masked_content = self.content_combo.currentData()
         return True
 
     # ------------------------------------------------------------------ outpainting and upscaling
