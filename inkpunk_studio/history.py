@@ -62,7 +62,7 @@ def scan_images(folder: str | Path, limit: int = MAX_HISTORY) -> list[Path]:
         with os.scandir(folder) as it:
             for entry in it:
                 name = entry.name
-                if not name.lower().endswith(".png") or name.startswith("."):
+                if not name.lower().endswith(".png") or name.startswith(".") or name.lower().endswith(".mask.png"):
                     continue  # atomic writes leave dot-prefixed temp files only while writing
                 try:
                     if entry.is_file():

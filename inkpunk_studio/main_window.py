@@ -31,6 +31,7 @@ import engine
 
 from . import history, paths
 from . import queue as job_queue
+from .editing import hires_from_infotext
 from .favorites import FavoritesController, library_dir
 from .fileio import check_output_folder
 from .first_run import CHECKPOINT_FILTER, FirstRunDialog
@@ -42,6 +43,7 @@ from .step_times import StepTimes, size_warning
 from .widgets.canvas import CanvasPanel
 from .widgets.history_strip import HistoryStrip
 from .widgets.init_image_panel import InitImagePanel
+from .widgets.mask_editor import MaskEditor
 from .widgets.params_panel import ParamsPanel
 from .widgets.prompt_panel import PromptPanel, load_presets
 from .widgets.queue_view import QueueView
@@ -95,6 +97,7 @@ class MainWindow(QMainWindow):
         self.queue_view = QueueView(self.queue)
         self.canvas_panel = CanvasPanel()
         self.canvas = self.canvas_panel.canvas
+        self.mask_editor = MaskEditor(self.canvas_panel)  # mask mode: inpainting, outpainting, upscale
         self.history_strip = HistoryStrip()
         self.favorites = FavoritesController(self, library_dir(self.data_dir))
         self.networks = NetworksController(self)  # Networks tab, model combo, LoRA/embedding/VAE resolution
@@ -235,6 +238,8 @@ class MainWindow(QMainWindow):
         self.queue_view.removeRequested.connect(self.remove_job)
         self.queue.storeFailed.connect(self._show_status)
         self.queue.pausedChanged.connect(lambda paused: paused or self._run_next_later())
+        self.mask_editor.message.connect(self._show_status)
+        self.mask_editor.imageWritten.connect(lambda _path: self.reload_history())
 
     # ------------------------------------------------------------------ parameters
     def current_params(self) -> GenerationParams:
@@ -254,7 +259,8 @@ class MainWindow(QMainWindow):
             sampler=params.sampler, schedule=params.schedule, steps=params.steps, cfg_scale=params.cfg_scale,
             seed=params.seed, random_seed=params.seed is None, width=params.width, height=params.height,
             batch_count=params.batch_count, clip_skip=params.clip_skip, variation_seed=params.variation_seed,
-            random_variation_seed=params.variation_seed is None, variation_strength=params.variation_strength)
+            random_variation_seed=params.variation_seed is None, variation_strength=params.variation_strength,
+            **params.hires_values())
 
     def apply_image_params(self, meta: ImageParams) -> list[str]:
         """Restore prompts and settings from an image's metadata, the Settings' noise source, ENSD and emphasis
@@ -265,7 +271,8 @@ class MainWindow(QMainWindow):
             sampler=meta.sampler, schedule=meta.schedule, steps=meta.steps, cfg_scale=meta.cfg_scale,
             seed=meta.seed, random_seed=meta.seed is None, width=meta.width, height=meta.height,
             clip_skip=meta.clip_skip, variation_seed=meta.variation_seed,
-            random_variation_seed=meta.variation_seed is None, variation_strength=meta.variation_strength)
+            random_variation_seed=meta.variation_seed is None, variation_strength=meta.variation_strength,
+            **hires_from_infotext(meta.extra, meta.strength))
         if meta.strength is not None:
             self.init_panel.set_strength(meta.strength)
         changed = self._restore_sampling_settings(meta, notes)
@@ -314,6 +321,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("No model loaded: choose a checkpoint first (File ▸ Open Checkpoint…)", 6000)
             return False
         params = self.current_params()
+        self.mask_editor.apply_to(params)  # mask mode with a mask: inpaint the canvas image at its size
         try:
             self.networks.resolve(params)  # LoRA tags -> files (unknown names refused), embeddings, VAE
             params.request(params.seed)  # the engine's own validation, before anything starts

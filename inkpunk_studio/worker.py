@@ -28,7 +28,7 @@ from PySide6.QtWidgets import QApplication
 
 import engine
 
-from . import history, networks
+from . import editing, history, networks
 from .fileio import atomic_write_bytes, describe_write_error
 from .metadata import ImageParams, png_bytes
 from .tokens import count_tokens, warm_up_tokenizer  # noqa: F401 - count_tokens: the old home, kept
@@ -77,10 +77,21 @@ class GenerationParams:
     loras: tuple = ()  # GenerationRequest.loras entries: (path, te_weight, unet_weight)
     embeddings: tuple = ()  # embedding files to have loaded (their words appear in the prompts)
     vae: str = ""  # an external VAE file, "" for the checkpoint's own
+    # inpainting (the canvas's mask mode, inkpunk_studio.widgets.mask_editor): PIL "L" of width x height,
+    # white = repaint, with init_image; saved beside the image as name.mask.png (not with the params)
+    mask: Any = None
+    mask_blur: int = 4
+    masked_content: str = "original"  # editing.MASKED_CONTENT
+    # A1111's hires fix (txt2img only; the side panel's HiresSection -> editing.hires_fix -> request.hires)
+    hires: bool = False
+    hires_scale: float = 2.0
+    hires_steps: int = 0  # 0: the first pass's steps
+    hires_denoise: float = 0.7
+    hires_upscaler: str = "Latent"
 
     _PLAIN = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
               "batch_count", "strength", "schedule", "clip_skip", "variation_seed", "variation_strength", "rng",
-              "ensd", "emphasis")
+              "ensd", "emphasis", "hires", "hires_scale", "hires_steps", "hires_denoise", "hires_upscaler")
     _OPTIONAL_INTS = ("seed", "variation_seed")
 
     @property
@@ -105,7 +116,27 @@ class GenerationParams:
             init_image=self.init_image, strength=self.strength, schedule=self.schedule, rng=self.rng,
             clip_skip=self.clip_skip, emphasis=self.emphasis,
             variation_seed=self.variation_seed if variation_seed is None else variation_seed,
-            variation_strength=self.variation_strength, ensd=self.ensd, loras=self.loras)
+            variation_strength=self.variation_strength, ensd=self.ensd, loras=self.loras,
+            mask=self.mask, mask_blur=self.mask_blur, **self._hires_request(), **self._masked_content_request())
+
+    def hires_values(self) -> dict[str, Any]:
+        """The hires fix fields, as ParamsPanel.set_values takes them."""
+        return {name: getattr(self, name) for name in ("hires", "hires_scale", "hires_steps", "hires_denoise",
+                                                       "hires_upscaler")}
+
+    @property
+    def uses_hires(self) -> bool:
+        """Hires fix on and applicable: A1111 runs it for txt2img only (an init image turns it off)."""
+        return self.hires and self.init_image is None
+
+    def _masked_content_request(self) -> dict[str, Any]:
+        return editing.masked_content_request(self.masked_content) if self.mask is not None else {}
+
+    def _hires_request(self) -> dict[str, Any]:
+        if not self.uses_hires:
+            return {}
+        return {"hires": editing.hires_fix(self.hires_scale, self.hires_steps, self.hires_denoise,
+                                          self.hires_upscaler)}
 
     def image_params(self, seed: int, model_name: str = "", model_hash: str = "",
                      variation_seed: int | None = None) -> ImageParams:
@@ -113,10 +144,19 @@ class GenerationParams:
         The schedule recorded is the one used: "automatic" resolved for the sampler, as A1111's ``get_sigmas``
         writes its resolved label, so the text says "Schedule type: Karras" for DPM++ 2M."""
         vseed = self.variation_seed if variation_seed is None else variation_seed
+        strength = self.strength if self.init_image is not None else None
+        extra = {}
+        if self.uses_hires:  # A1111 writes the hires pass's denoise as "Denoising strength"
+            strength = self.hires_denoise
+            extra = editing.hires_infotext(self.hires_scale, self.hires_steps, self.hires_upscaler)
+        if self.mask is not None and self.init_image is not None:  # A1111 StableDiffusionProcessingImg2Img.init
+            extra = {"Mask blur": str(int(self.mask_blur))}
+            if self.masked_content != "original":  # A1111 writes "Masked content" only when not the default
+                extra["Masked content"] = self.masked_content
         return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
                            sampler=self.sampler, cfg_scale=self.cfg_scale, seed=seed, width=self.width,
                            height=self.height, model_name=model_name, model_hash=model_hash,
-                           strength=self.strength if self.init_image is not None else None,
+                           strength=strength, extra=extra,
                            schedule=engine.resolve_sampler(self.sampler, self.schedule)[1], clip_skip=self.clip_skip, rng=self.rng, ensd=self.ensd,
                            emphasis=self.emphasis,
                            variation_seed=vseed if self.uses_variation else None,
@@ -153,7 +193,8 @@ class GenerationParams:
             if self.schedule == "automatic":
                 self.schedule = implied
         for name, choices in (("sampler", engine.SAMPLERS), ("schedule", engine.SCHEDULE_NAMES),
-                              ("rng", RNG_CHOICES), ("emphasis", EMPHASIS_CHOICES)):
+                              ("rng", RNG_CHOICES), ("emphasis", EMPHASIS_CHOICES),
+                              ("hires_upscaler", editing.hires_upscalers())):
             if getattr(self, name) not in choices:
                 setattr(self, name, getattr(defaults, name))
 
@@ -301,6 +342,11 @@ class GenerationWorker(QObject):
                                     "error": describe_write_error(exc, job.output_dir)})
             return
         saved.append(str(path))
+        if job.params.mask is not None:  # kept beside the image, so showing or restoring it brings it back
+            try:
+                editing.save_mask(job.params.mask, path)
+            except OSError as exc:
+                log.warning("could not save the mask beside %s: %s", path, exc)
         self.imageSaved.emit({**info, "path": str(path)})
 
     def _emit_progress(self, job: GenerationJob, event: Any, index: int, started: float) -> None:

@@ -48,31 +48,39 @@ def _init_picture(path: Path) -> None:
                                     sampler="euler_a", cfg_scale=7.0, seed=2024, width=512, height=512))
 
 
-def main(out: Path, library_out: Path | None = None) -> int:
-    from PySide6.QtTest import QTest
+def open_window(tmp_dir: Path):
+    """The real window, themed, on a data folder in ``tmp_dir`` with a tiny random-weight checkpoint loaded."""
     from PySide6.QtWidgets import QApplication
 
     from engine.testing import write_random_checkpoint
-    from inkpunk_studio import paths
     from inkpunk_studio.app import make_window
     from inkpunk_studio.settings import AppSettings
-    from inkpunk_studio.widgets.prompt_panel import load_presets
     from inkpunk_studio.widgets.theme import apply_theme
 
     app = QApplication.instance() or QApplication([sys.argv[0]])
     QApplication.setApplicationDisplayName("Inkpunk Studio")
     apply_theme(app)
+    checkpoint = write_random_checkpoint(tmp_dir / "Inkpunk-Diffusion-v2.safetensors")
+    data = tmp_dir / "data"
+    settings = AppSettings.for_data_dir(data)
+    settings.precision = "fp32"
+    settings.sync()
+    window = make_window(checkpoint=checkpoint, data_dir=data)
+    window.resize(*SIZE)
+    window.show()
+    _wait(lambda: window.host.state == "ready")
+    return window
+
+
+def main(out: Path, library_out: Path | None = None) -> int:
+    from PySide6.QtTest import QTest
+
+    from inkpunk_studio import paths
+    from inkpunk_studio.widgets.prompt_panel import load_presets
+
     with tempfile.TemporaryDirectory(prefix="inkpunk-shot-") as tmp:
         tmp_dir = Path(tmp)
-        checkpoint = write_random_checkpoint(tmp_dir / "Inkpunk-Diffusion-v2.safetensors")
-        data = tmp_dir / "data"
-        settings = AppSettings.for_data_dir(data)
-        settings.precision = "fp32"
-        settings.sync()
-        window = make_window(checkpoint=checkpoint, data_dir=data)
-        window.resize(*SIZE)
-        window.show()
-        _wait(lambda: window.host.state == "ready")
+        window = open_window(tmp_dir)
 
         presets = load_presets(paths.resource_path("presets.json"))
         window.params_panel.set_values(steps=4, seed=1234, width=256, height=256, batch_count=4)

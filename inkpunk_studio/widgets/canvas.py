@@ -8,6 +8,8 @@ buttons there with :meth:`CanvasPanel.add_tool_widget` (e.g. the favorites star)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from PySide6.QtCore import QMimeData, QRect, QSize, Qt, QUrl, Signal
 from PySide6.QtGui import (
     QColor,
@@ -90,6 +92,8 @@ class Canvas(QWidget):
                              "Drop a picture here to start from it (img2img)")
         self._drag_hover = False
         self.setAcceptDrops(True)
+        # drawn over a finished image (not a preview) with the image's rectangle: the mask layer's overlay
+        self.overlay: Callable[[QPainter, QRect], None] | None = None
 
     # --- content
     def set_preview(self, image: QImage) -> None:
@@ -210,6 +214,8 @@ class Canvas(QWidget):
         else:
             target = self.image_rect()
             painter.drawPixmap(target.topLeft(), self._scaled_pixmap(target.size()))
+            if self.overlay is not None and not self._is_preview:
+                self.overlay(painter, target)
             if self._is_preview:
                 painter.setPen(QColor(255, 255, 255, 170))
                 painter.drawText(self.image_rect().adjusted(10, 8, -10, -8),
@@ -286,6 +292,12 @@ class CanvasPanel(QWidget):
         self.unsaved_key = key
         self.caption.setText(caption)
         self._update_actions()
+
+    def show_unsaved_edit(self, image: QImage, caption: str = "") -> None:
+        """An image made on the canvas itself (an outpainting's extended canvas): in no file, nothing to save."""
+        self.unsaved_key = None
+        self.canvas.set_image(image, None)
+        self.caption.setText(caption)
 
     def forget_unsaved(self, key: int) -> None:
         """Image ``key`` was saved after all: no Save As… for it any more."""

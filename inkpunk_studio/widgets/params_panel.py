@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 
 import engine
 
+from .hires_section import HiresSection
 from .seed_spin import MAX_SEED, RANDOM, SeedSpinBox, parse_int
 
 SIZE_STEP = 64
@@ -216,6 +217,7 @@ class ParamsPanel(QWidget):
         self.batch_spin.setToolTip("Images to make one after another (seed, seed + 1, …)")
 
         self._build_advanced()
+        self.hires_section = HiresSection(self)
 
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
@@ -228,6 +230,7 @@ class ParamsPanel(QWidget):
         form.addRow("Seed", self._row(self.seed_spin, self.random_seed_button, self.reuse_seed_button))
         form.addRow("Size", self._row(self.width_combo, self.swap_button, self.height_combo, self.aspect_button))
         form.addRow("Images", self.batch_spin)
+        form.addRow(self.hires_section)
         form.addRow(self.advanced_button)
         form.addRow(self.advanced_section)
         self._sampler_changed()
@@ -365,8 +368,8 @@ class ParamsPanel(QWidget):
 
     def values(self) -> dict:
         """GenerationParams fields: sampler, schedule, steps, cfg_scale, seed, width, height, batch_count,
-        clip_skip, variation_seed (None: random), variation_strength."""
-        return {"sampler": self.sampler_combo.currentData(), "schedule": self.schedule(),
+        clip_skip, variation_seed (None: random), variation_strength, and the hires fix's (hires_*)."""
+        return {**self.hires_section.values(), "sampler": self.sampler_combo.currentData(), "schedule": self.schedule(),
                 "steps": self.steps_spin.value(), "cfg_scale": round(self.cfg_spin.value(), 2),
                 "seed": self.seed_spin.seed(), "width": self.width_combo.value(),
                 "height": self.height_combo.value(), "batch_count": self.batch_spin.value(),
@@ -377,10 +380,12 @@ class ParamsPanel(QWidget):
                    seed: int | None = None, width: int | None = None, height: int | None = None,
                    batch_count: int | None = None, random_seed: bool = False, schedule: str | None = None,
                    clip_skip: int | None = None, variation_seed: int | None = None,
-                   variation_strength: float | None = None, random_variation_seed: bool = False) -> list[str]:
+                   variation_strength: float | None = None, random_variation_seed: bool = False,
+                   **hires: object) -> list[str]:
         """Set what is given; returns notes about values that had to be adjusted to fit the controls or could
-        not be set. An old combined sampler name ("dpmpp_2m_karras") sets its sampler and schedule."""
-        notes: list[str] = []
+        not be set. An old combined sampler name ("dpmpp_2m_karras") sets its sampler and schedule. ``hires``:
+        HiresSection.set_values arguments (hires, hires_scale, hires_steps, hires_denoise, hires_upscaler)."""
+        notes: list[str] = self.hires_section.set_values(**hires)
         if sampler is not None and sampler in engine.LEGACY_NAMES:
             sampler, implied = engine.LEGACY_NAMES[sampler]
             schedule = implied if schedule in (None, "automatic") else schedule
