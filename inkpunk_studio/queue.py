@@ -15,6 +15,7 @@ the first one, so after a crash or a quit it simply starts again.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -84,17 +85,29 @@ class QueuedJob:
 # ---------------------------------------------------------------- parameters <-> row
 
 def encode_params(params: GenerationParams) -> tuple[str, bytes | None]:
-    """(JSON text, init image PNG or None) for a row: the plain fields plus the resolved networks."""
+    """(JSON text, init image PNG or None) for a row: the plain fields plus the resolved networks and, for
+    an inpainting job, its mask (a PNG in the JSON: a job restored without it would repaint everything)."""
     data: dict[str, Any] = params.to_dict()
     data["loras"] = [[str(path), float(te), float(unet)] for path, te, unet in params.loras]
     data["embeddings"] = [str(p) for p in params.embeddings]
     data["vae"] = params.vae
-    init = None
-    if params.init_image is not None:
-        buf = io.BytesIO()
-        params.init_image.save(buf, format="PNG")
-        init = buf.getvalue()
+    if params.mask is not None:
+        data["mask_png"] = base64.b64encode(_png(params.mask)).decode("ascii")
+        data["mask_blur"], data["masked_content"] = int(params.mask_blur), str(params.masked_content)
+    init = None if params.init_image is None else _png(params.init_image)
     return json.dumps(data, ensure_ascii=False), init
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _open_png(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return img.copy()
 
 
 def decode_params(text: str, init_png: bytes | None) -> GenerationParams:
@@ -108,10 +121,11 @@ def decode_params(text: str, init_png: bytes | None) -> GenerationParams:
         params.embeddings = tuple(str(p) for p in data.get("embeddings", ()))
         params.vae = str(data.get("vae", ""))
         if init_png is not None:
-            with Image.open(io.BytesIO(init_png)) as img:
-                img.load()
-                params.init_image = img.copy()
-    except (ValueError, TypeError, OSError) as exc:
+            params.init_image = _open_png(init_png)
+        if "mask_png" in data:
+            params.mask = _open_png(base64.b64decode(data["mask_png"], validate=True))
+            params.mask_blur, params.masked_content = int(data["mask_blur"]), str(data["masked_content"])
+    except (ValueError, TypeError, KeyError, OSError) as exc:
         raise ValueError(f"a queued job could not be read: {exc}") from exc
     return params
 

@@ -42,6 +42,19 @@ def test_encode_decode_keeps_every_field_and_the_init_image() -> None:
         decode_params("[1, 2]", None)
 
 
+def test_an_inpainting_job_keeps_its_mask() -> None:
+    """A queued inpainting job restored after a restart still repaints only its mask, with its options."""
+    init = Image.new("RGB", (16, 8), (10, 200, 30))
+    mask = Image.new("L", (16, 8), 0)
+    mask.paste(255, (4, 2, 9, 6))
+    params = GenerationParams(prompt="a fox", width=16, height=8, init_image=init, strength=0.6, mask=mask,
+                              mask_blur=9, masked_content="fill")
+    back = decode_params(*encode_params(params))
+    assert back.mask.mode == "L" and back.mask.tobytes() == mask.tobytes()
+    assert (back.mask_blur, back.masked_content) == (9, "fill")
+    assert decode_params(*encode_params(GenerationParams(prompt="plain"))).mask is None
+
+
 def test_order_remove_reorder_move_and_pause_persist(db: Path) -> None:
     queue = JobQueue(db)
     assert queue.persistent and len(queue) == 0 and not queue.paused
