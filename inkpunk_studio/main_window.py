@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 import engine
 
 from . import history, paths
+from .fast_mode import FastModeController
 from .favorites import FavoritesController, library_dir
 from .fileio import check_output_folder
 from .first_run import CHECKPOINT_FILTER, FirstRunDialog
@@ -101,6 +102,7 @@ class MainWindow(QMainWindow):
         self._connect()
 
         self._restore_session()
+        self.fast_mode = FastModeController(self)  # the Fast switch (after the session's params are back)
         self.prompt_panel.prompt_edit.setFocus()  # type at once (not in the Library's search box)
         self.reload_history()
         self.networks.refresh()
@@ -308,6 +310,7 @@ class MainWindow(QMainWindow):
         params = self.current_params()
         try:
             self.networks.resolve(params)  # LoRA tags -> files (unknown names refused), embeddings, VAE
+            self.fast_mode.apply(params)  # fast mode's LoRA, the decoder, TAESD
             params.request(params.seed)  # the engine's own validation, before anything starts
         except ValueError as exc:
             self.show_error("Can't generate", str(exc))
@@ -617,6 +620,7 @@ class MainWindow(QMainWindow):
         dialog = SettingsDialog(SettingsValues.from_settings(self.settings), str(paths.outputs_dir(self.data_dir)),
                                 self, vae_files=vaes)
         dialog.accepted.connect(self._settings_accepted)
+        self.fast_mode.bind_settings_dialog(dialog)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.settings_dialog = dialog
         dialog.open()
