@@ -233,3 +233,23 @@ def test_settings_offer_taesd_and_its_dialog_has_no_file_choice(qtbot, open_wind
     assert dialog._dest == paths.models_dir(window.data_dir) / "VAE-approx" / "taesd" / TAESD.filename
     dialog.reject()
     settings_dialog.reject()
+
+
+def test_fast_mode_benchmark_reports_every_figure(tmp_path, capsys):
+    """`python -m engine.benchmark --mode fast` end to end on the tiny models (figures, not timing asserts)."""
+    import json
+
+    from engine import benchmark
+
+    out = tmp_path / "fast.json"
+    assert benchmark.main(["--mode", "fast", "--size", "tiny", "--side", "64", "--runs", "1", "--precision", "fp32",
+                           "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    fp32 = report["results"]["fp32"]
+    for key in ("text_encode_s", "unet_step_batch1_s", "unet_step_batch2_s", "taesd_decode_s", "vae_decode_s",
+                "taesd_preview_s", "generate_4_taesd_s", "generate_4_vae_s", "generate_8_taesd_s",
+                "generate_8_vae_s", "weights_bytes", "generation_peak"):
+        assert fp32[key] > 0, key
+    assert report["mode"] == "fast" and report["cfg_batch"] == 1
+    printed = capsys.readouterr().out
+    assert "4 steps, tiny decode" in printed and "8 steps, full VAE decode" in printed
