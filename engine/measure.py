@@ -373,14 +373,20 @@ def random_taesd(device: torch.device, dtype: torch.dtype) -> Any:
 
 
 def bench_fast(
-    state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype, runs: int, side: int = 512
+    state: dict[str, torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype,
+    runs: int,
+    side: int = 512,
+    whole: bool = True,
 ) -> dict[str, Any]:
     """Fast mode in one precision: its parts (a batch-1 UNet step, as guidance 1 runs; one-prompt text
     encoding; TAESD and VAE decodes; a TAESD step preview) and whole `Pipeline.generate()` calls with the
     `lcm` sampler at guidance 1 for 4 and 8 steps, with the tiny and the full decoder (a step callback set, so
     the TAESD previews run as in the app, within their 5% budget). A few-step LoRA is merged into the
     weights (Pipeline.set_loras), so it costs nothing per step; random weights stand in for it. Also the
-    default mode's batch-2 step, for the ratio, and the peak memory of a 4-step tiny-decoder generation."""
+    default mode's batch-2 step, for the ratio, and the peak memory of a 4-step tiny-decoder generation.
+    `whole` False: the parts only (a precision the app would not pick, measured for the ratios)."""
     vae_dtype = resolve_dtype(dtype, device)[1]
     models = our_models(state, device, dtype, vae_dtype)
     pipe = Pipeline(models, Tokenizer(), device, dtype, vae_dtype, models.path)
@@ -410,6 +416,8 @@ def bench_fast(
         previews = [timed(lambda: pipe.taesd.preview(z[0].to(dtype)), device) for _ in range(max(5, runs) + 2)]
         res["taesd_preview_s"] = statistics.median(previews[2:])
     res["taesd_preview_fraction_of_step"] = res["taesd_preview_s"] / res["unet_step_batch1_s"]
+    if not whole:
+        return res
     for steps in FAST_STEPS:
         for decoder in ("taesd", "vae"):
             req = GenerationRequest(prompt=PROMPT, steps=steps, width=side, height=side, seed=1, sampler="lcm",
@@ -437,7 +445,7 @@ def fast_summary(results: dict[str, dict[str, Any]], device: torch.device) -> di
     25 steps, CFG: batch-2 steps, dtype auto) and the original project's default (DDPM, 80 steps, fp32), the
     defaults from the measured parts, as time_to_image does."""
     auto = SHORT[resolve_dtype("auto", device)[0]]
-    if auto not in results:
+    if "generate_4_taesd_s" not in results.get(auto, {}):
         return None
     a = results[auto]
     fast = a["generate_4_taesd_s"]
