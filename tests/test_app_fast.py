@@ -130,3 +130,4 @@ def test_fast_mode_with_its_lora_gone_refuses_to_generate_in_words(qtbot, fast_w
         assert not window.generate()
     assert "LCM-LoRA" in shown.args[1] and "Fast" in shown.args[1]
     assert pngs(window.output_dir()) == []
+    window.message_box.close()  # a window-modal box left open would stay the app's modal widget for later tests
