@@ -11,6 +11,7 @@ a 512x512 generation. `--tiled` also decodes 2048x2048 latents in tiles and repo
     python -m engine.benchmark                         # SD1.5 size, every native precision, 3 runs
     python -m engine.benchmark --precision bf16 --runs 5 --json bench.json
     python -m engine.benchmark --size tiny --runs 1    # seconds; checks the benchmark itself
+    python -m engine.benchmark --mode fast             # fast mode (issue 14): 4/8 LCM steps, tiny/full decode
 
 Timings on a busy machine are noise: the load average is printed with the results.
 """
@@ -33,7 +34,17 @@ from typing import Any
 import torch
 
 from engine.devices import DTYPE_NAMES, cpu_has_native_bf16, resolve_device, resolve_dtype
-from engine.measure import SHORT, bench_precision, random_state, rel_diff, run_child, warm_read
+from engine.measure import (
+    FAST_STEPS,
+    SHORT,
+    bench_fast,
+    bench_precision,
+    fast_summary,
+    random_state,
+    rel_diff,
+    run_child,
+    warm_read,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +154,77 @@ def time_to_image(results: dict[str, dict[str, Any]], device: torch.device) -> d
     return out
 
 
+def run_fast(opts: argparse.Namespace, device: torch.device, precisions: list[torch.dtype]) -> dict[str, Any]:
+    """`--mode fast`: measure.bench_fast in each precision, then fast mode against the default modes."""
+    report: dict[str, Any] = {
+        "mode": "fast",
+        "machine": machine_info(device),
+        "size": opts.size,
+        "image": [opts.side, opts.side],
+        "cfg_batch": 1,
+        "runs": opts.runs,
+        "results": {},
+    }
+    log.info("drawing random %s weights", opts.size)
+    state = random_state(opts.size)
+    auto = resolve_dtype("auto", device)[0]
+    for dtype in precisions:  # whole generations in the precision the app picks (or the only one asked for)
+        whole = dtype == auto or len(precisions) == 1
+        report["results"][SHORT[dtype]] = bench_fast(state, device, dtype, opts.runs, opts.side, whole)
+        gc.collect()
+    report["fast_vs_default"] = fast_summary(report["results"], device)
+    if hasattr(os, "getloadavg"):
+        report["machine"]["load_average_end"] = os.getloadavg()[0]
+    return report
+
+
+def format_fast_report(r: dict[str, Any]) -> str:
+    lines = _header(r, "fast mode (LCM sampler, guidance 1: UNet batch 1)")
+    for name, x in r["results"].items():
+        lines += ["", f"{name} (VAE {x['vae_precision']})"]
+        for key, label in (("text_encode_s", "text encode (1 prompt)"), ("unet_step_batch1_s", "UNet step, batch 1"),
+                           ("unet_step_batch2_s", "UNet step, batch 2 (CFG)"), ("taesd_decode_s", "TAESD decode"),
+                           ("vae_decode_s", "VAE decode")):
+            lines.append(f"  {label:30s}{x[key]:8.3f} s")
+        lines.append(f"  {'TAESD preview':30s}{1000 * x['taesd_preview_s']:8.1f} ms  "
+                     f"{100 * x['taesd_preview_fraction_of_step']:.1f}% of a step")
+        for steps in FAST_STEPS if "generate_4_taesd_s" in x else ():
+            lines.append(f"  {f'{steps} steps, tiny decode':30s}{x[f'generate_{steps}_taesd_s']:8.2f} s   "
+                         f"{f'{steps} steps, full VAE decode':28s}{x[f'generate_{steps}_vae_s']:8.2f} s")
+        if x.get("generation_peak") is not None:
+            note = "" if x["peak_reset"] else " (process peak)"
+            lines.append(f"  {'4-step generation peak':30s}{_gb(x['generation_peak']):>10s}   weights "
+                         f"{_gb(x['weights_bytes'])}, process before it {_gb(x['rss_ready'])}{note}")
+    t = r.get("fast_vs_default")
+    if t:
+        lines += ["", (f"time to an image ({t['precision']}): fast mode {t['fast_s']:.1f} s (full VAE decode "
+                      f"{t['fast_vae_s']:.1f} s) vs app default (DPM++ 2M Karras, 25 steps) {t['app_default_s']:.1f} s: "
+                      f"{t['vs_app_default']:.1f}x faster")]
+        if "original_default_s" in t:
+            lines.append(f"  vs the original project's default (DDPM, 80 steps, fp32) {t['original_default_s']:.1f} s: "
+                         f"{t['vs_original_default']:.1f}x faster")
+    return "\n".join(lines)
+
+
+def _header(r: dict[str, Any], what: str) -> list[str]:
+    m = r["machine"]
+    lines = [
+        (
+            f"Inkpunk Studio engine benchmark: {r['size']} models (random weights), {r['image'][0]}x{r['image'][1]}, "
+            f"{what}, median of {r['runs']} run(s)"
+        ),
+        f"{m['device']}: {m.get('gpu') or m['cpu']} ({m['cores']} cores, {m['threads']} threads"
+        + (f", {' '.join(m['cpu_flags'])}" if m.get("cpu_flags") else "")
+        + f"); torch {m['torch']}"
+        + (f", diffusers {m['diffusers']}" if m.get("diffusers") else ""),
+    ]
+    if "load_average_start" in m:
+        lines.append(
+            f"load average {m['load_average_start']:.2f} at start, {m.get('load_average_end', 0):.2f} at end"
+        )
+    return lines
+
+
 def run(opts: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(opts.device)
     if opts.threads:
@@ -152,6 +234,8 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         if opts.precision
         else default_precisions(device)
     )
+    if opts.mode == "fast":
+        return run_fast(opts, device, precisions)
     report: dict[str, Any] = {
         "machine": machine_info(device),
         "size": opts.size,
@@ -205,21 +289,9 @@ def _gb(n: float | None) -> str:
 
 
 def format_report(r: dict[str, Any]) -> str:
-    m = r["machine"]
-    lines = [
-        (
-            f"Inkpunk Studio engine benchmark: {r['size']} models (random weights), {r['image'][0]}x{r['image'][1]}, "
-            f"CFG batch {r['cfg_batch']}, median of {r['runs']} run(s)"
-        ),
-        f"{m['device']}: {m.get('gpu') or m['cpu']} ({m['cores']} cores, {m['threads']} threads"
-        + (f", {' '.join(m['cpu_flags'])}" if m.get("cpu_flags") else "")
-        + f"); torch {m['torch']}"
-        + (f", diffusers {m['diffusers']}" if m.get("diffusers") else ""),
-    ]
-    if "load_average_start" in m:
-        lines.append(
-            f"load average {m['load_average_start']:.2f} at start, {m.get('load_average_end', 0):.2f} at end"
-        )
+    if r.get("mode") == "fast":
+        return format_fast_report(r)
+    lines = _header(r, f"CFG batch {r['cfg_batch']}")
     for name, x in r["results"].items():
         lines += ["", f"{name:26s}{'ours':>10s}{'diffusers':>12s}{'ours/diffusers':>16s}"]
         for key, label in (
@@ -289,6 +361,8 @@ def format_report(r: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=("sd15", "tiny"), default="sd15", help="model size (default: sd15)")
+    p.add_argument("--mode", choices=("default", "fast"), default="default",
+                   help="fast: fast mode's figures (4 and 8 LCM steps at guidance 1, TAESD or VAE decode)")
     p.add_argument(
         "--runs", type=int, default=3, help="timed runs per figure; medians are reported (default 3)"
     )

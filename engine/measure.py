@@ -354,3 +354,106 @@ def tiled_decode(opts: argparse.Namespace, device: torch.device) -> dict[str, An
         out["tiled_decode_s"] = timed(lambda: vae.decode(z, tiled=True), device)
     out["tiled_peak"] = peak_rss()
     return out
+
+
+# --- fast mode (issue 14) -----------------------------------------------------------------------------------
+
+FAST_STEPS = (4, 8)  # LCM-LoRA's range (latent-consistency/lcm-lora-sdv1-5 README: 4-8 steps, guidance 1-2)
+
+
+def random_taesd(device: torch.device, dtype: torch.dtype) -> Any:
+    """TAESD for SD 1.x with seeded random weights (engine.testing), as load_taesd places it."""
+    from engine.taesd import TinyAutoencoder
+    from engine.testing import taesd_state_dict
+
+    model = TinyAutoencoder()
+    model.load_state_dict(taesd_state_dict(seed=0), strict=True)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return model.to(memory_format=torch.channels_last) if device.type in ("cpu", "cuda") else model
+
+
+def bench_fast(
+    state: dict[str, torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype,
+    runs: int,
+    side: int = 512,
+    whole: bool = True,
+) -> dict[str, Any]:
+    """Fast mode in one precision: its parts (a batch-1 UNet step, as guidance 1 runs; one-prompt text
+    encoding; TAESD and VAE decodes; a TAESD step preview) and whole `Pipeline.generate()` calls with the
+    `lcm` sampler at guidance 1 for 4 and 8 steps, with the tiny and the full decoder (a step callback set, so
+    the TAESD previews run as in the app, within their 5% budget). A few-step LoRA is merged into the
+    weights (Pipeline.set_loras), so it costs nothing per step; random weights stand in for it. Also the
+    default mode's batch-2 step, for the ratio, and the peak memory of a 4-step tiny-decoder generation.
+    `whole` False: the parts only (a precision the app would not pick, measured for the ratios)."""
+    vae_dtype = resolve_dtype(dtype, device)[1]
+    models = our_models(state, device, dtype, vae_dtype)
+    pipe = Pipeline(models, Tokenizer(), device, dtype, vae_dtype, models.path)
+    pipe.set_taesd(random_taesd(device, dtype))
+    res: dict[str, Any] = {"precision": SHORT[dtype], "vae_precision": SHORT[vae_dtype]}
+    g = torch.Generator().manual_seed(0)
+    lat = side // 8
+    with torch.inference_mode():
+        x1 = torch.randn(1, 4, lat, lat, generator=g).to(device, dtype)
+        x2 = torch.cat([x1, x1])
+        t = torch.tensor(500.0, device=device)
+        ctx1 = pipe.encode_prompt([PROMPT]).to(dtype)
+        ctx2 = pipe.encode_prompt(["", PROMPT]).to(dtype)
+        z = torch.randn(1, 4, lat, lat, generator=g).to(device)
+        log.info("%s fast: timing the parts", SHORT[dtype])
+        parts = interleaved({
+            "unet_step_batch1_s": lambda: pipe.unet(x1, t, ctx1),
+            "unet_step_batch2_s": lambda: pipe.unet(x2, t, ctx2),
+            "taesd_decode_s": lambda: pipe.taesd.decode(z.to(dtype)),
+            "vae_decode_s": lambda: pipe.vae.decode((z / SCALING_FACTOR).to(vae_dtype)),
+        }, runs, device)
+        res.update({name: statistics.median(values) for name, values in parts.items()})
+        encode = [timed(lambda: pipe.encode_prompt([PROMPT]), device) for _ in range(max(3, runs) + 1)]
+        res["text_encode_s"] = statistics.median(encode[1:])
+        encode2 = [timed(lambda: pipe.encode_prompt(["", PROMPT]), device) for _ in range(max(3, runs) + 1)]
+        res["text_encode_cfg_s"] = statistics.median(encode2[1:])
+        previews = [timed(lambda: pipe.taesd.preview(z[0].to(dtype)), device) for _ in range(max(5, runs) + 2)]
+        res["taesd_preview_s"] = statistics.median(previews[2:])
+    res["taesd_preview_fraction_of_step"] = res["taesd_preview_s"] / res["unet_step_batch1_s"]
+    if not whole:
+        return res
+    for steps in FAST_STEPS:
+        for decoder in ("taesd", "vae"):
+            req = GenerationRequest(prompt=PROMPT, steps=steps, width=side, height=side, seed=1, sampler="lcm",
+                                    cfg_scale=1.0, decoder=decoder)
+            log.info("%s fast: %d steps, %s decode", SHORT[dtype], steps, decoder)
+            times = [timed(lambda r=req: pipe.generate(r, on_step=lambda _e: None), device)
+                     for _ in range(runs + 1)]  # the first is a warm-up
+            res[f"generate_{steps}_{decoder}_s"] = statistics.median(times[1:])
+            res[f"generate_{steps}_{decoder}_runs_s"] = times[1:]
+    res["weights_bytes"] = sum(
+        p.numel() * p.element_size()
+        for m in (pipe.text_encoder, pipe.unet, pipe.vae, pipe.taesd) for p in m.parameters()
+    )
+    gc.collect()
+    res["rss_ready"] = _status_bytes("VmRSS")
+    res["peak_reset"] = reset_peak()
+    pipe.generate(GenerationRequest(prompt=PROMPT, steps=4, width=side, height=side, seed=2, sampler="lcm",
+                                    cfg_scale=1.0, decoder="taesd"), on_step=lambda _e: None)
+    res["generation_peak"] = peak_rss()
+    return res
+
+
+def fast_summary(results: dict[str, dict[str, Any]], device: torch.device) -> dict[str, Any] | None:
+    """Fast mode (4 LCM steps, tiny decode, dtype auto) against the app's default mode (DPM++ 2M Karras,
+    25 steps, CFG: batch-2 steps, dtype auto) and the original project's default (DDPM, 80 steps, fp32), the
+    defaults from the measured parts, as time_to_image does."""
+    auto = SHORT[resolve_dtype("auto", device)[0]]
+    if "generate_4_taesd_s" not in results.get(auto, {}):
+        return None
+    a = results[auto]
+    fast = a["generate_4_taesd_s"]
+    default = a["text_encode_cfg_s"] + 25 * a["unet_step_batch2_s"] + a["vae_decode_s"]
+    out = {"precision": auto, "fast_s": fast, "fast_vae_s": a["generate_4_vae_s"], "app_default_s": default,
+           "vs_app_default": default / fast}
+    if "fp32" in results:
+        f = results["fp32"]
+        original = f["text_encode_cfg_s"] + 80 * f["unet_step_batch2_s"] + f["vae_decode_s"]
+        out.update(original_default_s=original, vs_original_default=original / fast)
+    return out

@@ -121,14 +121,21 @@ def _sha256(path: Path, cancel: threading.Event) -> str:
 
 def download_inkpunk(dest_dir: Path, on_progress: ProgressFn, cancel: threading.Event) -> Path:
     """Download (or resume) Inkpunk-Diffusion-v2.ckpt from the Hugging Face Hub into ``dest_dir``."""
+    return hub_download(REPO_ID, FILENAME, Path(dest_dir) / FILENAME, on_progress, cancel)
+
+
+def hub_download(repo_id: str, filename: str, dest: str | Path, on_progress: ProgressFn,
+                 cancel: threading.Event) -> Path:
+    """Download (or resume) `filename` of the Hub repository `repo_id` to `dest`, checked against the Hub's
+    size and, for LFS files, sha256 (downloads.py uses it for the fast-mode LoRAs and TAESD)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.utils import build_hf_headers
 
-    url = hf_hub_url(REPO_ID, FILENAME)
+    url = hf_hub_url(repo_id, filename)
     meta = get_hf_file_metadata(url)
     etag = (meta.etag or "").strip('"').lower()
     sha256 = etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None  # LFS ETags are the file's sha256
-    return download_file(meta.location or url, Path(dest_dir) / FILENAME, on_progress, cancel,
+    return download_file(meta.location or url, Path(dest), on_progress, cancel,
                          expected_size=meta.size, sha256=sha256, headers=build_hf_headers())
 
 
@@ -138,8 +145,7 @@ _TIMEOUT_ERRORS = {"TimeoutException", "ConnectTimeout", "ReadTimeout", "WriteTi
                    "Timeout"}
 _RESOLVE_TEXTS = ("name or service not known", "temporary failure in name resolution",
                   "nodename nor servname", "getaddrinfo failed", "no address associated")
-_WHAT_TO_DO = ("Connect to the internet and press Retry download (it continues where it stopped), or use "
-               "Locate a checkpoint… if you already have the file.")
+_ALTERNATIVE = "use Locate a checkpoint… if you already have the file"
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -150,31 +156,34 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def describe_download_error(exc: BaseException) -> str:
+def describe_download_error(exc: BaseException, alternative: str = _ALTERNATIVE,
+                            size: str = "the checkpoint needs 2.1 GB") -> str:
     """A failed download in words, with what to do: not "[Errno -2] Name or service not known".
 
     Recognises errors by class name along the cause chain, so the HTTP stack's version (httpx, httpx2,
-    requests) does not matter.
+    requests) does not matter. `alternative` is the other way to get the file ("use Locate a checkpoint… if
+    you already have the file"), `size` what the disk needs; both for the words (downloads.py reuses this).
     """
+    what_to_do = ("Connect to the internet and press Retry download (it continues where it stopped), or "
+                  f"{alternative}.")
     for cause in _causes(exc):
         names = {c.__name__ for c in type(cause).__mro__}
         if "OfflineModeIsEnabled" in names:
             return ("Downloads are switched off on this computer (the HF_HUB_OFFLINE environment variable "
-                    "is set). Unset it and press Retry download, or use Locate a checkpoint… if you already "
-                    "have the file.")
+                    f"is set). Unset it and press Retry download, or {alternative}.")
         if isinstance(cause, socket.gaierror) or any(t in str(cause).lower() for t in _RESOLVE_TEXTS):
-            return f"No internet connection: the Hugging Face Hub could not be reached. {_WHAT_TO_DO}"
+            return f"No internet connection: the Hugging Face Hub could not be reached. {what_to_do}"
         if names & _TIMEOUT_ERRORS or isinstance(cause, (TimeoutError, socket.timeout)):
-            return f"The Hugging Face Hub did not answer in time (a slow or broken connection). {_WHAT_TO_DO}"
+            return f"The Hugging Face Hub did not answer in time (a slow or broken connection). {what_to_do}"
         if names & _NETWORK_ERRORS:
-            return f"The connection to the Hugging Face Hub failed. {_WHAT_TO_DO}"
+            return f"The connection to the Hugging Face Hub failed. {what_to_do}"
         if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-            return ("The disk is full. Free some space (the checkpoint needs 2.1 GB) and press Retry "
-                    "download; it continues where it stopped.")
+            return (f"The disk is full. Free some space ({size}) and press Retry download; it continues "
+                    "where it stopped.")
         if isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             where = cause.filename or "permission denied"
             return (f"The models folder can't be written ({where}). Start the app with --data-dir FOLDER on "
-                    "a writable drive, or use Locate a checkpoint….")
+                    f"a writable drive, or {alternative}.")
     return f"Download failed: {exc}"
 
 

@@ -32,6 +32,7 @@ import engine
 from . import history, paths
 from . import queue as job_queue
 from .editing import hires_from_infotext
+from .fast_mode import FastModeController
 from .favorites import FavoritesController, library_dir
 from .fileio import check_output_folder
 from .first_run import CHECKPOINT_FILTER, FirstRunDialog
@@ -108,6 +109,7 @@ class MainWindow(QMainWindow):
         self._connect()
 
         self._restore_session()
+        self.fast_mode = FastModeController(self)  # the Fast switch (after the session's params are back)
         self.prompt_panel.prompt_edit.setFocus()  # type at once (not in the Library's search box)
         self.reload_history()
         self.networks.refresh()
@@ -324,6 +326,7 @@ class MainWindow(QMainWindow):
         self.mask_editor.apply_to(params)  # mask mode with a mask: inpaint the canvas image at its size
         try:
             self.networks.resolve(params)  # LoRA tags -> files (unknown names refused), embeddings, VAE
+            self.fast_mode.apply(params)  # fast mode's LoRA, the decoder, TAESD
             params.request(params.seed)  # the engine's own validation, before anything starts
         except ValueError as exc:
             self.show_error("Can't generate", str(exc))
@@ -674,6 +677,7 @@ class MainWindow(QMainWindow):
         dialog = SettingsDialog(SettingsValues.from_settings(self.settings), str(paths.outputs_dir(self.data_dir)),
                                 self, vae_files=vaes)
         dialog.accepted.connect(self._settings_accepted)
+        self.fast_mode.bind_settings_dialog(dialog)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.settings_dialog = dialog
         dialog.open()

@@ -91,6 +91,7 @@ def encode_params(params: GenerationParams) -> tuple[str, bytes | None]:
     data["loras"] = [[str(path), float(te), float(unet)] for path, te, unet in params.loras]
     data["embeddings"] = [str(p) for p in params.embeddings]
     data["vae"] = params.vae
+    data["decoder"], data["taesd"] = params.decoder, params.taesd  # fast mode's tiny decoder
     if params.mask is not None:
         data["mask_png"] = base64.b64encode(_png(params.mask)).decode("ascii")
         data["mask_blur"], data["masked_content"] = int(params.mask_blur), str(params.masked_content)
@@ -120,6 +121,7 @@ def decode_params(text: str, init_png: bytes | None) -> GenerationParams:
         params.loras = tuple((Path(p), float(te), float(unet)) for p, te, unet in data.get("loras", ()))
         params.embeddings = tuple(str(p) for p in data.get("embeddings", ()))
         params.vae = str(data.get("vae", ""))
+        params.decoder, params.taesd = str(data.get("decoder", "vae")), str(data.get("taesd", ""))
         if init_png is not None:
             params.init_image = _open_png(init_png)
         if "mask_png" in data:

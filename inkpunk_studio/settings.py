@@ -23,6 +23,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 RNG_SOURCES = ("cpu", "nv")  # A1111's "CPU" and its Philox emulation of CUDA's randn ("NV"/"GPU")
 EMPHASIS_MODES = ("original", "no_norm", "ignore", "none", "comfy")  # engine.prompt.EMPHASIS_MODES
 MAX_ENSD = 2**63 - 1  # engine.request: ENSD shares the seed range
+DECODERS = ("vae", "taesd")  # engine.request.DECODERS: the full VAE, or the tiny autoencoder (TAESD)
+FAST_LORAS = ("lcm", "tcd", "hyper")  # inkpunk_studio.fast_mode.FEW_STEP_LORAS
 
 
 class AppSettings:
@@ -119,10 +121,7 @@ class AppSettings:
 
     @property
     def preview_enabled(self) -> bool:
-        value = self._s.value("ui/preview", True)
-        if isinstance(value, str):  # ini files give strings back
-            return value.lower() not in ("false", "0", "no", "off")
-        return bool(value)
+        return self._bool("ui/preview", True)
 
     @preview_enabled.setter
     def preview_enabled(self, value: bool) -> None:
@@ -165,6 +164,76 @@ class AppSettings:
         if value not in EMPHASIS_MODES:
             raise ValueError(f"emphasis must be one of {', '.join(EMPHASIS_MODES)}, got {value!r}")
         self._s.setValue("sampling/emphasis", value)
+
+    # --- fast mode (inkpunk_studio.fast_mode)
+    def _bool(self, key: str, default: bool) -> bool:
+        value = self._s.value(key, default)
+        if isinstance(value, str):  # ini files give strings back
+            return value.lower() not in ("false", "0", "no", "off")
+        return bool(value)
+
+    @property
+    def decoder(self) -> str:
+        """The final decode outside fast mode: "vae" (default) or "taesd" (the tiny autoencoder)."""
+        return self._choice("decoder/normal", DECODERS)
+
+    @decoder.setter
+    def decoder(self, value: str) -> None:
+        if value not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {value!r}")
+        self._s.setValue("decoder/normal", value)
+
+    @property
+    def fast_decoder(self) -> str:
+        """The final decode in fast mode: "taesd" (default; the full VAE when no TAESD is present) or "vae"."""
+        value = self._str("decoder/fast", "taesd")
+        return value if value in DECODERS else "taesd"
+
+    @fast_decoder.setter
+    def fast_decoder(self, value: str) -> None:
+        if value not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {value!r}")
+        self._s.setValue("decoder/fast", value)
+
+    @property
+    def fast_mode(self) -> bool:
+        return self._bool("fast/on", False)
+
+    @fast_mode.setter
+    def fast_mode(self, value: bool) -> None:
+        self._s.setValue("fast/on", bool(value))
+
+    @property
+    def fast_lora(self) -> str:
+        """Which few-step LoRA fast mode uses (a FAST_LORAS key)."""
+        return self._choice("fast/lora", FAST_LORAS)
+
+    @fast_lora.setter
+    def fast_lora(self, value: str) -> None:
+        if value not in FAST_LORAS:
+            raise ValueError(f"fast-mode LoRA must be one of {', '.join(FAST_LORAS)}, got {value!r}")
+        self._s.setValue("fast/lora", value)
+
+    def fast_lora_file(self, key: str) -> str:
+        """A local file chosen for the few-step LoRA `key` ("" : the downloaded one in models/Lora)."""
+        return self._str(f"fast/file_{key}")
+
+    def set_fast_lora_file(self, key: str, path: str) -> None:
+        if key not in FAST_LORAS:
+            raise ValueError(f"fast-mode LoRA must be one of {', '.join(FAST_LORAS)}, got {key!r}")
+        self._s.setValue(f"fast/file_{key}", str(path or ""))
+
+    def fast_saved(self) -> dict[str, Any]:
+        """The person's own sampler/schedule/steps/CFG from before fast mode was switched on ({} if none)."""
+        raw = self._str("fast/saved")
+        try:
+            value = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def set_fast_saved(self, values: dict[str, Any]) -> None:
+        self._s.setValue("fast/saved", json.dumps(values) if values else "")
 
     # --- window
     def geometry(self) -> QByteArray | None:

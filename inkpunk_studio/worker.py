@@ -88,6 +88,9 @@ class GenerationParams:
     hires_steps: int = 0  # 0: the first pass's steps
     hires_denoise: float = 0.7
     hires_upscaler: str = "Latent"
+    # fast mode and the tiny autoencoder (inkpunk_studio.fast_mode; not saved with the params either)
+    decoder: str = "vae"  # GenerationRequest.decoder: "vae" or "taesd"
+    taesd: str = ""  # a TAESD file or folder to attach (previews that look like the picture), "" for none
 
     _PLAIN = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
               "batch_count", "strength", "schedule", "clip_skip", "variation_seed", "variation_strength", "rng",
@@ -117,7 +120,8 @@ class GenerationParams:
             clip_skip=self.clip_skip, emphasis=self.emphasis,
             variation_seed=self.variation_seed if variation_seed is None else variation_seed,
             variation_strength=self.variation_strength, ensd=self.ensd, loras=self.loras,
-            mask=self.mask, mask_blur=self.mask_blur, **self._hires_request(), **self._masked_content_request())
+            decoder=self.decoder, mask=self.mask, mask_blur=self.mask_blur,
+            **self._hires_request(), **self._masked_content_request())
 
     def hires_values(self) -> dict[str, Any]:
         """The hires fix fields, as ParamsPanel.set_values takes them."""
@@ -241,10 +245,12 @@ class GenerationWorker(QObject):
     def __init__(self) -> None:
         super().__init__()
         self._pipe: Any = None
+        self._taesd = ""  # the TAESD file/folder attached to the pipeline
 
     @Slot(str, str, str)
     def load_model(self, path: str, device: str, dtype: str) -> None:
         self._pipe = None  # free the old model before reading a new one
+        self._taesd = ""
         _free_accelerator_memory()
         try:
             warm_up_tokenizer()
@@ -295,6 +301,9 @@ class GenerationWorker(QObject):
         started = time.perf_counter()
         base_seed = p.seed
         networks.prepare_pipeline(self._pipe, p.embeddings, p.vae or None)
+        if p.taesd != self._taesd:  # attach (or detach) the tiny autoencoder once, not per job
+            self._pipe.set_taesd(p.taesd or None)
+            self._taesd = p.taesd
         for index in range(p.batch_count):
             seed, variation_seed = p.image_seeds(base_seed, index)
             request = p.request(seed, variation_seed)

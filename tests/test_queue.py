@@ -55,6 +55,13 @@ def test_an_inpainting_job_keeps_its_mask() -> None:
     assert decode_params(*encode_params(GenerationParams(prompt="plain"))).mask is None
 
 
+def test_a_fast_mode_job_keeps_its_tiny_decoder() -> None:
+    params = GenerationParams(prompt="fast", sampler="lcm", steps=4, cfg_scale=1.0, decoder="taesd",
+                              taesd="/m/VAE-approx/taesd")
+    back = decode_params(*encode_params(params))
+    assert (back.sampler, back.steps, back.decoder, back.taesd) == ("lcm", 4, "taesd", "/m/VAE-approx/taesd")
+
+
 def test_order_remove_reorder_move_and_pause_persist(db: Path) -> None:
     queue = JobQueue(db)
     assert queue.persistent and len(queue) == 0 and not queue.paused

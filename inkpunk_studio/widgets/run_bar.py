@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 
 def format_duration(seconds: float) -> str:
@@ -43,12 +43,17 @@ class RunBar(QWidget):
         self.cancel_button.setObjectName("cancelButton")
         self.cancel_button.setToolTip("Stop the current generation (Esc)")
         self.cancel_button.setMinimumHeight(40)
+        self.fast_check = QCheckBox("Fast", self)  # inkpunk_studio.fast_mode drives it
+        self.fast_check.setObjectName("fastModeCheck")
+        self.fast_check.setToolTip("Fast mode: a few-step LoRA (LCM-LoRA), 4 steps at CFG 1 and the tiny decoder; "
+                                   "an image in seconds on a CPU. Off: your own sampler, steps and CFG again.")
         self.progress_bar = QProgressBar(self)
         self.progress_bar.setObjectName("progressBar")
         self.progress_bar.setTextVisible(True)
 
         buttons = QHBoxLayout()
         buttons.setSpacing(8)
+        buttons.addWidget(self.fast_check, 0)
         buttons.addWidget(self.generate_button, 3)
         buttons.addWidget(self.cancel_button, 1)
         layout = QVBoxLayout(self)

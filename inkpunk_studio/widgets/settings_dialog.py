@@ -1,5 +1,6 @@
 """The Settings dialog: checkpoint, device, precision, VAE, extra model folders, output folder, live preview,
-and the sampling settings A1111 keeps in its settings too (random number source, ENSD, emphasis mode)."""
+the sampling settings A1111 keeps in its settings too (random number source, ENSD, emphasis mode), and fast
+mode's choices (the few-step LoRA, the decoder in and out of fast mode, TAESD's download)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -25,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from .. import paths
-from ..settings import DEVICES, EMPHASIS_MODES, PRECISIONS, RNG_SOURCES, AppSettings
+from ..settings import DECODERS, DEVICES, EMPHASIS_MODES, FAST_LORAS, PRECISIONS, RNG_SOURCES, AppSettings
 
 AUTOMATIC_VAE = "Automatic (from the checkpoint)"
 CHECKPOINT_FILTER = "Stable Diffusion checkpoints (*.safetensors *.ckpt);;All files (*)"
@@ -39,6 +41,9 @@ RNG_LABELS = {"cpu": "CPU", "nv": "NV (GPU-compatible)"}
 EMPHASIS_LABELS = {"original": "Original", "no_norm": "No norm", "ignore": "Ignore", "none": "None",
                    "comfy": "Comfy"}
 MAX_ENSD_SPIN = 2**31 - 1  # QSpinBox's limit; A1111's usual ENSD is 31337
+DECODER_LABELS = {"vae": "Full VAE", "taesd": "Tiny (fast)"}
+FAST_LORA_LABELS = {"lcm": "LCM-LoRA (latent-consistency, 135 MB)", "tcd": "TCD-LoRA (h1t)",
+                    "hyper": "Hyper-SD 8-step (ByteDance)"}  # fast_mode.FEW_STEP_LORAS
 
 
 @dataclass
@@ -53,12 +58,16 @@ class SettingsValues:
     emphasis: str = "original"
     vae: str = ""  # "" = Automatic (the checkpoint's own)
     model_folders: tuple[str, ...] = ()
+    decoder: str = "vae"  # the final decode outside fast mode
+    fast_decoder: str = "taesd"  # ... and in fast mode
+    fast_lora: str = "lcm"
 
     @classmethod
     def from_settings(cls, settings: AppSettings) -> SettingsValues:
         return cls(settings.checkpoint, settings.device, settings.precision, settings.output_dir,
                    settings.preview_enabled, settings.rng, settings.ensd, settings.emphasis,
-                   settings.vae, tuple(settings.model_folders))
+                   settings.vae, tuple(settings.model_folders), settings.decoder, settings.fast_decoder,
+                   settings.fast_lora)
 
     def save(self, settings: AppSettings) -> None:
         settings.checkpoint = self.checkpoint
@@ -71,11 +80,16 @@ class SettingsValues:
         settings.emphasis = self.emphasis
         settings.vae = self.vae
         settings.model_folders = list(self.model_folders)
+        settings.decoder = self.decoder
+        settings.fast_decoder = self.fast_decoder
+        settings.fast_lora = self.fast_lora
         settings.sync()
 
 
 class SettingsDialog(QDialog):
     """Edits a :class:`SettingsValues`; the window saves and applies it when accepted."""
+
+    taesdDownloadRequested = Signal()  # "Download TAESD…" (fast_mode.FastModeController opens the download)
 
     def __init__(self, values: SettingsValues, default_output: str, parent: QWidget | None = None,
                  vae_files: Sequence[tuple[str, str]] = ()) -> None:
@@ -130,6 +144,21 @@ class SettingsDialog(QDialog):
         self.emphasis_combo = self._choices("emphasisCombo", EMPHASIS_MODES, EMPHASIS_LABELS, values.emphasis)
         self.emphasis_combo.setToolTip("How (weights) in the prompt are applied (A1111's Emphasis mode)")
 
+        self.fast_lora_combo = self._choices("fastLoraCombo", FAST_LORAS, FAST_LORA_LABELS, values.fast_lora)
+        self.fast_lora_combo.setToolTip("The few-step LoRA the Fast switch uses (downloaded on first use)")
+        self.decoder_combo = self._choices("decoderCombo", DECODERS, DECODER_LABELS, values.decoder)
+        self.decoder_combo.setToolTip("What turns the result into pixels outside fast mode: the full VAE, or "
+                                      "TAESD (much faster, a little softer in detail; needs TAESD below)")
+        self.fast_decoder_combo = self._choices("fastDecoderCombo", DECODERS, DECODER_LABELS, values.fast_decoder)
+        self.fast_decoder_combo.setToolTip("The same choice in fast mode (Tiny by default, when TAESD is here)")
+        self.taesd_label = QLabel("", self)
+        self.taesd_label.setObjectName("taesdLabel")
+        self.taesd_label.setWordWrap(True)
+        self.taesd_button = QPushButton("Download TAESD (10 MB)…", self)
+        self.taesd_button.setObjectName("taesdDownloadButton")
+        self.taesd_button.clicked.connect(self.taesdDownloadRequested)
+        self.set_taesd_state("")
+
         note = QLabel("Changing the checkpoint, device or precision reloads the model.", self)
         note.setProperty("role", "hint")
         self.error_label = QLabel("", self)
@@ -148,6 +177,15 @@ class SettingsDialog(QDialog):
         form.addRow("Random numbers", self.rng_combo)
         form.addRow("ENSD", self.ensd_spin)
         form.addRow("Emphasis", self.emphasis_combo)
+        form.addRow("Fast mode LoRA", self.fast_lora_combo)
+        form.addRow("Decoder", self.decoder_combo)
+        form.addRow("Decoder in fast mode", self.fast_decoder_combo)
+        taesd_row = QWidget(self)
+        taesd_layout = QVBoxLayout(taesd_row)
+        taesd_layout.setContentsMargins(0, 0, 0, 0)
+        taesd_layout.addWidget(self.taesd_label)
+        taesd_layout.addWidget(self.taesd_button)
+        form.addRow("TAESD", taesd_row)
 
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel,
                                    self)
@@ -158,6 +196,17 @@ class SettingsDialog(QDialog):
         layout.addWidget(note)
         layout.addWidget(self.error_label)
         layout.addWidget(buttons)
+
+    def set_taesd_state(self, path: str) -> None:
+        """Say whether TAESD is here (``path``: where, "" when not) and offer its download when it is not."""
+        if path:
+            self.taesd_label.setText(f"Found: {path}. Previews look like the picture; “Tiny (fast)” decodes "
+                                     "with it.")
+        else:
+            self.taesd_label.setText("TAESD (madebyollin/taesd, 10 MB) is a tiny stand-in for the VAE: previews "
+                                     "that look like the picture at every step and a much faster final decode. "
+                                     "Not downloaded yet: without it the full VAE decodes.")
+        self.taesd_button.setVisible(not path)
 
     def _choices(self, name: str, keys: tuple[str, ...], labels: dict[str, str], current: str) -> QComboBox:
         combo = QComboBox(self)
@@ -211,5 +260,8 @@ class SettingsDialog(QDialog):
                               rng=self.rng_combo.currentData(), ensd=self.ensd_spin.value(),
                               emphasis=self.emphasis_combo.currentData(),
                               vae=self.vae_combo.currentData() or "",
+                              decoder=self.decoder_combo.currentData(),
+                              fast_decoder=self.fast_decoder_combo.currentData(),
+                              fast_lora=self.fast_lora_combo.currentData(),
                               model_folders=tuple(line.strip() for line in self.folders_edit.toPlainText().splitlines()
                                                   if line.strip()))

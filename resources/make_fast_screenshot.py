@@ -1,0 +1,105 @@
+"""Make the README's fast-mode screenshot (docs/screenshot-fast.png) from the real app.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python resources/make_fast_screenshot.py [OUT.png]
+
+As make_screenshot.py: a throwaway data folder and a tiny random-weight checkpoint (the images are colourful
+noise), plus a random LoRA in LCM-LoRA's key layout in models/Lora and a random TAESD in
+models/VAE-approx/taesd, so the Fast switch turns on without a download; then two 4-step images. Run from the
+source tree.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "resources"))
+
+from make_screenshot import SIZE, _wait  # after the path set-up
+
+
+def _lcm_layout_lora(checkpoint: Path, out: Path) -> None:
+    """Random rank-4 factors for every UNet Linear/Conv2d, kohya keys in diffusers spelling (LCM-LoRA's)."""
+    import torch
+    from safetensors.torch import save_file
+    from torch import nn
+
+    from engine.checkpoint import load_models
+    from engine.lora import diffusers_unet_name
+
+    models = load_models(checkpoint, device="cpu", dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for name, m in models.unet.named_modules():
+        spelled = diffusers_unet_name(name, models.unet_config) if isinstance(m, (nn.Linear, nn.Conv2d)) else None
+        if spelled is None or spelled.startswith(("conv_in", "conv_out", "time_embedding")):
+            continue
+        shape = tuple(m.weight.shape)
+        key = "lora_unet_" + spelled.replace(".", "_")
+        down = (4, *shape[1:]) if len(shape) == 4 else (4, shape[1])
+        up = (shape[0], 4, 1, 1) if len(shape) == 4 else (shape[0], 4)
+        state[f"{key}.lora_down.weight"] = torch.randn(down, generator=g) / math.sqrt(math.prod(shape[1:]))
+        state[f"{key}.lora_up.weight"] = torch.randn(up, generator=g) * 0.1
+        state[f"{key}.alpha"] = torch.tensor(4.0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out))
+
+
+def main(out: Path) -> int:
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QApplication
+
+    from engine.testing import write_random_checkpoint, write_random_taesd
+    from inkpunk_studio import paths
+    from inkpunk_studio.app import make_window
+    from inkpunk_studio.settings import AppSettings
+    from inkpunk_studio.widgets.prompt_panel import load_presets
+    from inkpunk_studio.widgets.theme import apply_theme
+
+    app = QApplication.instance() or QApplication([sys.argv[0]])
+    QApplication.setApplicationDisplayName("Inkpunk Studio")
+    apply_theme(app)
+    with tempfile.TemporaryDirectory(prefix="inkpunk-shot-") as tmp:
+        tmp_dir = Path(tmp)
+        checkpoint = write_random_checkpoint(tmp_dir / "Inkpunk-Diffusion-v2.safetensors")
+        data = tmp_dir / "data"
+        models = paths.models_dir(data)
+        _lcm_layout_lora(checkpoint, models / "Lora" / "lcm-lora-sdv1-5.safetensors")
+        (models / "VAE-approx" / "taesd").mkdir(parents=True)
+        write_random_taesd(models / "VAE-approx" / "taesd" / "diffusion_pytorch_model.safetensors")
+        settings = AppSettings.for_data_dir(data)
+        settings.precision = "fp32"
+        settings.sync()
+        window = make_window(checkpoint=checkpoint, data_dir=data)
+        window.resize(*SIZE)
+        window.show()
+        _wait(lambda: window.host.state == "ready")
+
+        presets = load_presets(paths.resource_path("presets.json"))
+        window.prompt_panel.apply_preset(presets[2])
+        window.params_panel.set_values(seed=1234, width=256, height=256, batch_count=2)
+        window.run_bar.fast_check.click()
+        _wait(lambda: window.fast_mode.enabled)
+        done: list = []
+        window.generationFinished.connect(done.append)
+        window.generate()
+        _wait(lambda: done)
+        QTest.qWait(800)  # thumbnails and token counts arrive
+        window.statusBar().showMessage("Fast mode: LCM-LoRA at 1.0, LCM 4 steps, CFG 1 and the tiny decoder")
+        from PySide6.QtWidgets import QScrollArea
+
+        window.findChild(QScrollArea, "sidebarScroll").ensureWidgetVisible(window.run_bar)  # the Fast switch
+        QTest.qWait(200)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        window.grab().save(str(out), "PNG")
+        window.close()
+    print(f"saved {out} ({out.stat().st_size / 1024:.0f} KB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "screenshot-fast.png"))
