@@ -214,3 +214,49 @@ def hires_from_infotext(extra: dict[str, str], strength: float | None) -> dict:
     if denoise is not None:
         values["hires_denoise"] = float(denoise)
     return {k: v for k, v in values.items() if v is not None}
+
+
+# --- "Inpaint area: Only masked" (A1111 processing.py, StableDiffusionProcessingImg2Img.init, inpaint_full_res) -
+ONLY_MASKED_KEYS = ("Inpaint area", "Masked area padding")
+MAX_MASK_PADDING = 256
+
+
+def only_masked_crop(image: Image.Image, mask: Image.Image, width: int, height: int, blur: int, padding: int
+                     ) -> tuple[Image.Image, Image.Image, tuple[int, int, int, int]]:
+    """(image, mask, box) for an "Only masked" request: as A1111, the mask is blurred first, the crop box is the
+    blurred mask's bounding box grown by ``padding`` and to width:height (``engine.inpaint.crop_to_mask``),
+    and both crops are resized to width x height. The returned mask is blurred already (request mask_blur 0)."""
+    if not 0 <= int(padding) <= MAX_MASK_PADDING:
+        raise ValueError(f"masked area padding must be 0-{MAX_MASK_PADDING} px, got {padding}")
+    from engine.inpaint import blur_mask, crop_to_mask
+
+    return crop_to_mask(image.convert("RGB"), blur_mask(mask.convert("L"), int(blur)), int(width), int(height),
+                        padding=int(padding))
+
+
+def only_masked_paste(result: Image.Image, image: Image.Image, mask: Image.Image, blur: int, padding: int,
+                      width: int, height: int) -> Image.Image:
+    """The generated crop ``result`` pasted back into the canvas ``image`` (its full size) over the blurred
+    mask (``engine.inpaint.paste_back``, A1111 ``apply_overlay``): pixels outside the feathered mask keep
+    the canvas's values exactly."""
+    from engine.inpaint import blur_mask, paste_back
+
+    _, _, box = only_masked_crop(image, mask, width, height, blur, padding)
+    return paste_back(result, image.convert("RGB"), blur_mask(mask.convert("L"), int(blur)), box)
+
+
+def only_masked_infotext(padding: int) -> dict[str, str]:
+    """A1111's infotext entries for "Only masked" (written only when it is on)."""
+    return {"Inpaint area": "Only masked", "Masked area padding": str(int(padding))}
+
+
+def only_masked_from_infotext(extra: dict[str, str]) -> dict:
+    """MaskEditor.set_inpaint_values arguments from an image's infotext: only_masked, and the padding when
+    readable; "Only masked" off when the image has no ``Inpaint area`` entry (A1111's default, whole picture)."""
+    values: dict = {"only_masked": extra.get("Inpaint area") == "Only masked"}
+    try:
+        if "Masked area padding" in extra:
+            values["mask_padding"] = int(extra["Masked area padding"])
+    except ValueError:
+        pass
+    return values

@@ -31,7 +31,7 @@ import engine
 
 from . import history, paths
 from . import queue as job_queue
-from .editing import hires_from_infotext
+from .editing import hires_from_infotext, only_masked_from_infotext
 from .fast_mode import FastModeController
 from .favorites import FavoritesController, library_dir
 from .fileio import check_output_folder
@@ -277,6 +277,7 @@ class MainWindow(QMainWindow):
             **hires_from_infotext(meta.extra, meta.strength))
         if meta.strength is not None:
             self.init_panel.set_strength(meta.strength)
+        self.mask_editor.set_inpaint_values(**only_masked_from_infotext(meta.extra))
         changed = self._restore_sampling_settings(meta, notes)
         message = "Parameters restored"
         if changed:

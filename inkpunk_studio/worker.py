@@ -82,6 +82,10 @@ class GenerationParams:
     mask: Any = None
     mask_blur: int = 4
     masked_content: str = "original"  # editing.MASKED_CONTENT
+    # A1111's "Inpaint area: Only masked": init_image and mask stay the canvas's; the request works on their
+    # crop around the mask (+ mask_padding) at width x height and the result is pasted back (editing.py)
+    only_masked: bool = False
+    mask_padding: int = 32
     # A1111's hires fix (txt2img only; the side panel's HiresSection -> editing.hires_fix -> request.hires)
     hires: bool = False
     hires_scale: float = 2.0
@@ -94,7 +98,8 @@ class GenerationParams:
 
     _PLAIN = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
               "batch_count", "strength", "schedule", "clip_skip", "variation_seed", "variation_strength", "rng",
-              "ensd", "emphasis", "hires", "hires_scale", "hires_steps", "hires_denoise", "hires_upscaler")
+              "ensd", "emphasis", "hires", "hires_scale", "hires_steps", "hires_denoise", "hires_upscaler",
+              "only_masked", "mask_padding")
     _OPTIONAL_INTS = ("seed", "variation_seed")
 
     @property
@@ -112,16 +117,38 @@ class GenerationParams:
 
     def request(self, seed: int | None, variation_seed: int | None = None) -> engine.GenerationRequest:
         """The engine request for one image of the batch (raises ValueError for bad values).
-        ``variation_seed`` defaults to the params' own."""
+        ``variation_seed`` defaults to the params' own. With ``uses_only_masked`` the request inpaints the
+        crop of ``inpaint_crop()``; ``paste_back`` puts its image back into the canvas."""
+        init_image, mask, mask_blur = self.init_image, self.mask, self.mask_blur
+        if self.uses_only_masked:
+            init_image, mask, _ = self.inpaint_crop()
+            mask_blur = 0  # the crop's mask is already blurred (A1111 blurs before cropping)
         return engine.GenerationRequest(
             prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps, cfg_scale=self.cfg_scale,
             width=self.width, height=self.height, seed=seed, sampler=self.sampler, batch_size=1,
-            init_image=self.init_image, strength=self.strength, schedule=self.schedule, rng=self.rng,
+            init_image=init_image, strength=self.strength, schedule=self.schedule, rng=self.rng,
             clip_skip=self.clip_skip, emphasis=self.emphasis,
             variation_seed=self.variation_seed if variation_seed is None else variation_seed,
             variation_strength=self.variation_strength, ensd=self.ensd, loras=self.loras,
-            decoder=self.decoder, mask=self.mask, mask_blur=self.mask_blur,
+            decoder=self.decoder, mask=mask, mask_blur=mask_blur,
             **self._hires_request(), **self._masked_content_request())
+
+    @property
+    def uses_only_masked(self) -> bool:
+        """Inpainting with "Only masked" on (without a mask or init image the option means nothing)."""
+        return self.only_masked and self.mask is not None and self.init_image is not None
+
+    def inpaint_crop(self) -> tuple[Any, Any, tuple[int, int, int, int]]:
+        """(image, blurred mask, box): the canvas around the mask at width x height (editing.only_masked_crop)."""
+        return editing.only_masked_crop(self.init_image, self.mask, self.width, self.height, self.mask_blur,
+                                        self.mask_padding)
+
+    def paste_back(self, image: Any) -> Any:
+        """A generated crop put back into the full canvas image (unchanged when not ``uses_only_masked``)."""
+        if not self.uses_only_masked:
+            return image
+        return editing.only_masked_paste(image, self.init_image, self.mask, self.mask_blur, self.mask_padding,
+                                         self.width, self.height)
 
     def hires_values(self) -> dict[str, Any]:
         """The hires fix fields, as ParamsPanel.set_values takes them."""
@@ -157,6 +184,8 @@ class GenerationParams:
             extra = {"Mask blur": str(int(self.mask_blur))}
             if self.masked_content != "original":  # A1111 writes "Masked content" only when not the default
                 extra["Masked content"] = self.masked_content
+            if self.only_masked:
+                extra.update(editing.only_masked_infotext(self.mask_padding))
         return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
                            sampler=self.sampler, cfg_scale=self.cfg_scale, seed=seed, width=self.width,
                            height=self.height, model_name=model_name, model_hash=model_hash,
@@ -312,6 +341,8 @@ class GenerationWorker(QObject):
                 self._emit_progress(job, event, index, started)
 
             result = self._pipe.generate(request, on_step=on_step, cancel=job.cancel)
+            if p.uses_only_masked:  # the generated crop back into the whole canvas, over the feathered mask
+                result = replace(result, images=[p.paste_back(image) for image in result.images])
             if base_seed is None:  # the engine picked a random seed: the rest of the batch follows it
                 base_seed = result.seed if p.uses_variation else result.seed - index
             if job.cancel.is_set():  # cancelled during the last step: save nothing more

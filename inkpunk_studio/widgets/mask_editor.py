@@ -164,9 +164,19 @@ class MaskEditor(QObject):
                                       "image, its surroundings' colours (fill), or noise")
         self.only_masked_check = QCheckBox("Only masked", row)
         self.only_masked_check.setObjectName("onlyMaskedCheck")
-        self.only_masked_check.setEnabled(False)
-        self.only_masked_check.setToolTip("Inpaint only the masked area at full resolution (A1111): "
-                                          + NOT_IN_ENGINE)
+        self.only_masked_check.setToolTip("Inpaint area: Only masked (A1111): repaint the masked area cropped "
+                                          "with padding at the panel's width x height, then paste it back "
+                                          "into the whole image")
+        self.padding_spin = QSpinBox(row)
+        self.padding_spin.setObjectName("maskPaddingSpin")
+        self.padding_spin.setRange(0, editing.MAX_MASK_PADDING)
+        self.padding_spin.setValue(32)
+        self.padding_spin.setPrefix("padding ")
+        self.padding_spin.setSuffix(" px")
+        self.padding_spin.setToolTip("Masked area padding (A1111): context around the mask that Only masked "
+                                     "crops with it")
+        self.padding_spin.setEnabled(False)
+        self.only_masked_check.toggled.connect(self.padding_spin.setEnabled)
 
         self.outpaint_spin = QSpinBox(row)
         self.outpaint_spin.setObjectName("outpaintPixelsSpin")
@@ -190,7 +200,8 @@ class MaskEditor(QObject):
         tools.addWidget(self.outpaint_spin)
         for button in self.outpaint_buttons.values():
             tools.addWidget(button)
-        for widget in (self.blur_spin, self.strength_spin, self.content_combo, self.only_masked_check):
+        for widget in (self.blur_spin, self.strength_spin, self.content_combo, self.only_masked_check,
+                       self.padding_spin):
             options.addWidget(widget)
         options.addStretch(1)
         self.layer.changed.connect(lambda: self.size_spin.setValue(self.layer.brush_size))
@@ -247,17 +258,28 @@ class MaskEditor(QObject):
 
     def apply_to(self, params: GenerationParams) -> bool:
         """Make ``params`` (a GenerationParams) inpaint the canvas image under the mask; True when it did.
-        The size becomes the image's own (the mask is at image resolution)."""
+        The size becomes the image's own (the mask is at image resolution), except with "Only masked": then
+        the panel's width x height is the size the masked crop is generated at (GenerationParams.request)."""
         inputs = self.inpaint_inputs()
         if inputs is None:
             return False
         image, mask = inputs
         params.init_image, params.mask = image, mask
-        params.width, params.height = image.size
+        params.only_masked = self.only_masked_check.isChecked()
+        params.mask_padding = self.padding_spin.value()
+        if not params.only_masked:
+            params.width, params.height = image.size
         params.strength = round(self.strength_spin.value(), 2)
         params.mask_blur = self.blur_spin.value()
         params.masked_content = self.content_combo.currentData()
         return True
+
+    def set_inpaint_values(self, only_masked: bool | None = None, mask_padding: int | None = None) -> None:
+        """Restore the inpaint area options (editing.only_masked_from_infotext gives the arguments)."""
+        if only_masked is not None:
+            self.only_masked_check.setChecked(bool(only_masked))
+        if mask_padding is not None:
+            self.padding_spin.setValue(int(mask_padding))
 
     # ------------------------------------------------------------------ outpainting and upscaling
     def extend(self, side: str) -> None:
