@@ -14,15 +14,41 @@ import dataclasses
 import math
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
+
+from . import editing
+from .fileio import atomic_write_bytes
 
 TILE = 512
 OVERLAP = 64
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom
+
+
+@dataclass(frozen=True)
+class SdUpscale:
+    """What a worker job refines: the saved image ``source``, enlarged ``factor`` times (Lanczos), then
+    img2img'd per tile at ``strength`` (A1111's SD upscale denoising strength), tiles of ``tile`` pixels
+    sharing ``overlap``."""
+
+    source: str
+    factor: int = 2
+    strength: float = 0.3
+    tile: int = TILE
+    overlap: int = OVERLAP
+
+    def __post_init__(self) -> None:
+        if self.factor not in (2, 4):
+            raise ValueError(f"upscale factor must be 2 or 4, got {self.factor!r}")
+        if not 0.0 < float(self.strength) <= 1.0:
+            raise ValueError(f"SD upscale strength must be above 0 and at most 1, got {self.strength!r}")
+        split_tiles(512, 512, self.tile, self.overlap)  # the tile and overlap checks, early
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -95,12 +121,13 @@ def blend_tiles(tiles: list[Image.Image], boxes: list[Box], size: tuple[int, int
 
 def refine(pipe: Any, image: Image.Image, request: Any, strength: float, *, tile: int = TILE,
            overlap: int = OVERLAP, on_tile: Callable[[int, int], None] | None = None,
-           cancel: threading.Event | None = None) -> Image.Image:
+           on_step: Callable[[int, Any], None] | None = None, cancel: threading.Event | None = None) -> Image.Image:
     """``image`` (already upscaled) refined by img2img per tile with ``request``'s prompt, seed, sampler...
 
     ``request`` is an engine.GenerationRequest (a seed is required so the tiles agree, as in A1111 where every
     tile of an image uses its seed); its size, init image, strength, batch, mask and hires are replaced per
-    tile. ``on_tile(done, total)`` is called after each tile; ``cancel`` is passed to the engine, which
+    tile. ``on_tile(done, total)`` is called after each tile, ``on_step(tile_index, event)`` for the engine's
+    step events; ``cancel`` is passed to the engine, which
     raises engine.Cancelled. Returns the RGB image at ``image``'s size."""
     if not 0.0 < float(strength) <= 1.0:
         raise ValueError(f"SD upscale strength must be above 0 and at most 1, got {strength!r}")
@@ -113,7 +140,21 @@ def refine(pipe: Any, image: Image.Image, request: Any, strength: float, *, tile
         req = dataclasses.replace(request, width=box[2] - box[0], height=box[3] - box[1],
                                   init_image=source.crop(box), strength=float(strength), batch_size=1,
                                   mask=None, hires=None)
-        tiles.append(pipe.generate(req, cancel=cancel).images[0])
+        step = None if on_step is None else (lambda event, i=index: on_step(i, event))
+        tiles.append(pipe.generate(req, on_step=step, cancel=cancel).images[0])
         if on_tile is not None:
             on_tile(index + 1, len(boxes))
     return blend_tiles(tiles, boxes, source.size, overlap)
+
+
+def save_beside(image: Image.Image, source: str | Path, factor: int) -> Path:
+    """Write ``image`` beside ``source`` as its ``factor``x upscale (editing.upscaled_path), with the source's
+    PNG text chunks (its parameters), as the plain Lanczos upscale does; returns the new path."""
+    with Image.open(source) as opened:
+        texts = {k: v for k, v in opened.info.items() if isinstance(k, str) and isinstance(v, str)}
+    info = PngImagePlugin.PngInfo()
+    for key, value in texts.items():
+        info.add_text(key, value)
+    buffer = BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return atomic_write_bytes(editing.upscaled_path(source, factor), buffer.getvalue())

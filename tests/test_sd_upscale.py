@@ -92,3 +92,55 @@ def test_refine_refuses_bad_input_and_cancels(pipe):
     cancel.set()
     with pytest.raises(engine.Cancelled):
         sd_upscale.refine(pipe, big, request, 0.5, tile=64, overlap=16, cancel=cancel)
+
+
+def _source_png(tmp_path):
+    from inkpunk_studio.metadata import ImageParams, png_bytes
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    path = tmp_path / "img.png"
+    path.write_bytes(png_bytes(image, ImageParams(prompt="ink cat", seed=11, steps=3, width=48, height=40)))
+    return path
+
+
+def test_the_worker_job_refines_and_saves_beside_the_image(qapp, tmp_path):
+    from inkpunk_studio.metadata import read_params
+    from inkpunk_studio.worker import GenerationJob, GenerationParams, GenerationWorker
+
+    ckpt = write_random_checkpoint(tmp_path / "tiny.safetensors", seed=3)
+    source = _source_png(tmp_path)
+    worker = GenerationWorker()
+    events = {"saved": [], "finished": [], "progress": [], "failed": []}
+    worker.imageSaved.connect(events["saved"].append)
+    worker.finished.connect(events["finished"].append)
+    worker.progress.connect(events["progress"].append)
+    worker.failed.connect(events["failed"].append)
+    worker.load_model(str(ckpt), "cpu", "fp32")
+    params = GenerationParams(prompt="ink cat", steps=3, seed=11, width=64, height=64, sampler="euler")
+    spec = sd_upscale.SdUpscale(str(source), factor=2, strength=0.5, tile=64, overlap=16)
+    worker.generate(GenerationJob(params, output_dir=tmp_path / "unused", sd_upscale=spec))
+    assert events["failed"] == []
+    (path,) = events["finished"][0]
+    assert path == str(tmp_path / "img-x2.png") and events["saved"][0]["path"] == path
+    with Image.open(path) as out:
+        assert out.size == (96, 80)
+    assert read_params(path).prompt == "ink cat"  # the source's parameters kept, as the plain upscale does
+    last = events["progress"][-1]
+    assert last["step"] == last["total"] and last["count"] == len(sd_upscale.split_tiles(96, 80, 64, 16))
+    assert not (tmp_path / "unused").exists()
+
+    cancelled = []
+    worker.cancelled.connect(cancelled.append)
+    job = GenerationJob(params, output_dir=tmp_path, sd_upscale=spec)
+    worker.progress.connect(lambda _info: job.cancel.set())
+    worker.generate(job)
+    assert cancelled == [[]] and not (tmp_path / "img-x2-1.png").exists()
+
+
+def test_bad_sd_upscale_jobs_raise_early(tmp_path):
+    with pytest.raises(ValueError, match="factor"):
+        sd_upscale.SdUpscale("x.png", factor=3)
+    with pytest.raises(ValueError, match="strength"):
+        sd_upscale.SdUpscale("x.png", strength=1.5)
+    with pytest.raises(ValueError, match="overlap"):
+        sd_upscale.SdUpscale("x.png", tile=64, overlap=40)
