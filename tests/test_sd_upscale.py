@@ -144,3 +144,25 @@ def test_bad_sd_upscale_jobs_raise_early(tmp_path):
         sd_upscale.SdUpscale("x.png", strength=1.5)
     with pytest.raises(ValueError, match="overlap"):
         sd_upscale.SdUpscale("x.png", tile=64, overlap=40)
+
+
+def test_the_upscale_menu_asks_for_an_sd_upscale_at_the_chosen_strength(qtbot, tmp_path):
+    from PySide6.QtGui import QImage
+
+    from inkpunk_studio.widgets.canvas import CanvasPanel
+    from inkpunk_studio.widgets.mask_editor import MaskEditor
+
+    panel = CanvasPanel()
+    qtbot.addWidget(panel)
+    editor = MaskEditor(panel)
+    asked = []
+    editor.sdUpscaleRequested.connect(lambda *args: asked.append(args))
+    assert editor.sd_upscale_shown(2) is False  # nothing saved on show
+    source = _source_png(tmp_path)
+    panel.show_file(QImage(str(source)), str(source))
+    editor.sd_strength_spin.setValue(0.45)
+    menu = editor.upscale_button.menu()
+    (action,) = [a for a in menu.actions() if a.objectName() == "sdUpscaleX4Action"]
+    action.trigger()
+    assert asked == [(str(source), 4, 0.45)]
+    sd_upscale.SdUpscale(*asked[0])  # what the window gets makes a valid job
