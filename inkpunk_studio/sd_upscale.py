@@ -50,6 +50,14 @@ class SdUpscale:
             raise ValueError(f"SD upscale strength must be above 0 and at most 1, got {self.strength!r}")
         split_tiles(512, 512, self.tile, self.overlap)  # the tile and overlap checks, early
 
+    def check_request(self, request: Any) -> None:
+        """ValueError now for what the engine would refuse per tile (a strength too low for the steps...)."""
+        if request.seed is None:
+            raise ValueError("SD upscale needs the image's seed")
+        dataclasses.replace(request, width=self.tile, height=self.tile, strength=float(self.strength),
+                            init_image=Image.new("RGB", (self.tile, self.tile)), batch_size=1, mask=None,
+                            hires=None)
+
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
     """Tile offsets along one side, as A1111's images.split_grid places them."""

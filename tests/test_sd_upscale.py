@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from fixtures_app are redefined as test arguments)
 """SD upscale (inkpunk_studio.sd_upscale): A1111's split_grid tiling, feathered blending, a tiny-model refine."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from fixtures_app import RUN_TIMEOUT_MS, open_window, tiny_checkpoint  # noqa: F401  (pytest fixtures)
 from PIL import Image
 
 import engine
@@ -166,3 +168,25 @@ def test_the_upscale_menu_asks_for_an_sd_upscale_at_the_chosen_strength(qtbot, t
     action.trigger()
     assert asked == [(str(source), 4, 0.45)]
     sd_upscale.SdUpscale(*asked[0])  # what the window gets makes a valid job
+
+
+def test_the_window_runs_an_sd_upscale_beside_the_image(qtbot, open_window, tiny_checkpoint, tmp_path):
+    from inkpunk_studio.metadata import ImageParams, png_bytes
+
+    window = open_window(tiny_checkpoint)
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    source = tmp_path / "pic.png"
+    source.write_bytes(png_bytes(image, ImageParams(prompt="ink fox", seed=9, steps=2, width=64, height=64)))
+    assert window.sd_upscale(str(source), 2, 0.4) is False  # 2 steps at 0.4 denoise nothing: refused at once
+    assert "no denoising step" in window.message_box.text()
+    window.message_box.close()  # a window-modal box left open disturbs later tests (see test_app_fast)
+    source.write_bytes(png_bytes(image, ImageParams(prompt="ink fox", seed=9, steps=4, width=64, height=64)))
+    with qtbot.waitSignal(window.generationFinished, timeout=RUN_TIMEOUT_MS) as done:
+        assert window.sd_upscale(str(source), 2, 0.4)
+    assert done.args[0] == [str(tmp_path / "pic-x2.png")]
+    with Image.open(tmp_path / "pic-x2.png") as out:
+        assert out.size == (128, 128)
+    assert window.prompt_panel.prompt() == "ink fox"  # the image's parameters, restored into the panels
+    bare = tmp_path / "bare.png"
+    image.save(bare)
+    assert window.sd_upscale(str(bare), 2, 0.4) is False  # no parameters: nothing runs
