@@ -39,6 +39,7 @@ from .first_run import CHECKPOINT_FILTER, FirstRunDialog
 from .metadata import DISPLAY_NAMES, ImageParams, read_params
 from .networks_ui import NetworksController
 from .saving import UnsavedImages
+from .sd_upscale import SdUpscale
 from .settings import AppSettings
 from .step_times import StepTimes, size_warning
 from .widgets.canvas import CanvasPanel
@@ -242,6 +243,7 @@ class MainWindow(QMainWindow):
         self.queue.pausedChanged.connect(lambda paused: paused or self._run_next_later())
         self.mask_editor.message.connect(self._show_status)
         self.mask_editor.imageWritten.connect(lambda _path: self.reload_history())
+        self.mask_editor.sdUpscaleRequested.connect(self.sd_upscale)
 
     # ------------------------------------------------------------------ parameters
     def current_params(self) -> GenerationParams:
@@ -347,6 +349,37 @@ class MainWindow(QMainWindow):
             self._ask_large_size(params, folder, warning)
             return False
         return self._start(params, folder)
+
+    def sd_upscale(self, path: str, factor: int, strength: float) -> bool:
+        """SD upscale of the saved image ``path`` (issue 15): its parameters go into the panels (as a restore
+        does), and a worker job refines its Lanczos upscale tile by tile; the result lands beside ``path``.
+        False (with a status line) when the worker is busy, no model is usable or the image has no
+        parameters."""
+        if self._closed or self.host.busy or not self.host.model_usable():
+            self._show_status("SD upscale needs a loaded model and no generation running", 6000)
+            return False
+        meta = read_params(path)
+        if meta is None or meta.seed is None:
+            self._show_status(f"SD upscale needs the image's parameters; {Path(path).name} has none", 8000)
+            return False
+        self.apply_image_params(meta)
+        params = self.current_params()
+        try:
+            self.networks.resolve(params)
+            self.fast_mode.apply(params)
+            tile = min(512, params.width, params.height) // 8 * 8  # A1111: the request size, 64 px overlap
+            spec = SdUpscale(path, factor, strength, tile=tile, overlap=min(64, tile // 8))
+            spec.check_request(params.request(params.seed))  # e.g. a strength too low for the steps, now
+        except ValueError as exc:
+            self.show_error("Can't SD upscale", str(exc))
+            return False
+        job = GenerationJob(params=params, output_dir=Path(path).parent, preview=self.settings.preview_enabled,
+                            sd_upscale=spec)
+        if not self.host.generate(job):
+            return False
+        self._job, self._last_progress, self._unsaved_in_run = job, None, 0
+        self.run_bar.set_mode("running", f"SD upscale ×{factor}…")
+        return True
 
     def _device_key(self) -> str:
         info = self.host.model_info

@@ -23,14 +23,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from PIL import Image
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 from PySide6.QtWidgets import QApplication
 
 import engine
 
-from . import editing, history, networks
+from . import editing, history, networks, sd_upscale
 from .fileio import atomic_write_bytes, describe_write_error
-from .metadata import ImageParams, png_bytes
+from .metadata import ImageParams, png_bytes, read_params
 from .tokens import count_tokens, warm_up_tokenizer  # noqa: F401 - count_tokens: the old home, kept
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,9 @@ class GenerationJob:
     output_dir: Path
     preview: bool = True
     cancel: threading.Event = field(default_factory=threading.Event)
+    # set: instead of generating, refine this saved image's upscale tile by tile (SD upscale) with params
+    # (its own prompt, seed, sampler...) and save it beside the image
+    sd_upscale: sd_upscale.SdUpscale | None = None
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -324,6 +328,9 @@ class GenerationWorker(QObject):
         self.finished.emit(saved)
 
     def _run(self, job: GenerationJob, saved: list[str]) -> None:
+        if job.sd_upscale is not None:
+            self._run_sd_upscale(job, saved)
+            return
         p = job.params
         if p.uses_variation and p.variation_seed is None:  # "Random" variation seed: one per click, as A1111
             p = replace(p, variation_seed=random.randrange(2**32))
@@ -348,6 +355,46 @@ class GenerationWorker(QObject):
             if job.cancel.is_set():  # cancelled during the last step: save nothing more
                 raise engine.Cancelled("generation cancelled")
             self._keep(job, result, index, saved, variation_seed if p.uses_variation else None)
+
+    def _run_sd_upscale(self, job: GenerationJob, saved: list[str]) -> None:
+        """The SD upscale job: Lanczos, tiled img2img (sd_upscale.refine), saved beside the source with its
+        parameters; progress counts the steps of all tiles. OSError (unreadable source, unwritable folder)
+        reaches the person as a failure, as a bad request does."""
+        spec, p = job.sd_upscale, job.params
+        networks.prepare_pipeline(self._pipe, p.embeddings, p.vae or None)
+        if p.taesd != self._taesd:
+            self._pipe.set_taesd(p.taesd or None)
+            self._taesd = p.taesd
+        try:
+            with Image.open(spec.source) as opened:
+                big = editing.upscale(opened.convert("RGB"), spec.factor)
+        except OSError as exc:
+            raise ValueError(f"Could not read {Path(spec.source).name}: {exc}") from exc
+        request = p.request(p.seed if p.seed is not None else random.randrange(2**32))
+        count = len(sd_upscale.split_tiles(big.width, big.height, spec.tile, spec.overlap))
+        started = time.perf_counter()
+
+        def on_step(index: int, event: Any) -> None:
+            done, total = index * event.total + event.step, event.total * count
+            elapsed = time.perf_counter() - started
+            rate = elapsed / max(done, 1)
+            preview = history.to_qimage(event.preview) if job.preview and event.preview is not None else None
+            self.progress.emit({"step": done, "total": total, "elapsed": elapsed, "sec_per_step": rate,
+                                "eta": rate * (total - done), "index": index, "count": count,
+                                "preview": preview})
+
+        image = sd_upscale.refine(self._pipe, big, request, spec.strength, tile=spec.tile,
+                                  overlap=spec.overlap, on_step=on_step, cancel=job.cancel)
+        if job.cancel.is_set():
+            raise engine.Cancelled("generation cancelled")
+        try:
+            path = sd_upscale.save_beside(image, spec.source, spec.factor)
+        except OSError as exc:
+            raise ValueError(describe_write_error(exc, Path(spec.source).parent)) from exc
+        saved.append(str(path))
+        self.imageSaved.emit({"path": str(path), "seed": request.seed, "index": 0, "count": 1,
+                              "image": history.to_qimage(image), "params": read_params(path),
+                              "variation_seed": None})
 
     def _metadata(self, params: GenerationParams, result: Any, variation_seed: int | None) -> ImageParams:
         """The image's parameters, with the LoRAs/embeddings/VAE it used; the model hash only if known within

@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QToolButton,
     QVBoxLayout,
     QWidget,
+    QWidgetAction,
 )
 
 from .. import editing
@@ -57,6 +58,9 @@ class MaskEditor(QObject):
 
     imageWritten = Signal(str)
     message = Signal(str)
+    # SD upscale asked for: (image path, factor, strength); the window runs it as a worker job
+    # (worker.GenerationJob with sd_upscale.SdUpscale and the image's own parameters)
+    sdUpscaleRequested = Signal(str, int, float)
 
     def __init__(self, panel: CanvasPanel, parent: QObject | None = None) -> None:
         super().__init__(parent or panel)
@@ -95,6 +99,21 @@ class MaskEditor(QObject):
             action = menu.addAction(f"Lanczos ×{factor}")
             action.setObjectName(f"upscaleX{factor}Action")
             action.triggered.connect(lambda _=False, f=factor: self.upscale_shown(f))
+        menu.addSeparator()
+        for factor in (2, 4):
+            action = menu.addAction(f"SD upscale ×{factor} (Lanczos, then tiled img2img)")
+            action.setObjectName(f"sdUpscaleX{factor}Action")
+            action.triggered.connect(lambda _=False, f=factor: self.sd_upscale_shown(f))
+        self.sd_strength_spin = QDoubleSpinBox(menu)
+        self.sd_strength_spin.setObjectName("sdUpscaleStrengthSpin")
+        self.sd_strength_spin.setRange(0.01, 1.0)
+        self.sd_strength_spin.setSingleStep(0.05)
+        self.sd_strength_spin.setValue(0.3)
+        self.sd_strength_spin.setPrefix("Refine strength ")
+        self.sd_strength_spin.setToolTip("SD upscale's denoising strength: how much each tile may change")
+        holder = QWidgetAction(menu)
+        holder.setDefaultWidget(self.sd_strength_spin)
+        menu.addAction(holder)
         self.upscale_button.setMenu(menu)
         self.upscale_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         self.panel.add_tool_widget(self.upscale_button)
@@ -320,3 +339,13 @@ class MaskEditor(QObject):
         self.imageWritten.emit(str(target))
         self.message.emit(f"Saved {Path(target).name} ({big.width}x{big.height})")
         return Path(target)
+
+    def sd_upscale_shown(self, factor: int) -> bool:
+        """Ask for an SD upscale of the saved image on show (``sdUpscaleRequested``) at the menu's strength.
+        False when there is no saved image on show."""
+        path = self.canvas.path
+        if not path:
+            return False
+        self.sdUpscaleRequested.emit(str(path), factor, round(self.sd_strength_spin.value(), 2))
+        self.message.emit(f"SD upscale ×{factor} of {Path(path).name} queued")
+        return True
