@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .first_run import DownloadCancelled, ProgressFn, describe_download_error, hub_download, part_path
+from .first_run import (
+    DownloadCancelled,
+    DownloadProgress,
+    ProgressFn,
+    describe_download_error,
+    hub_download,
+    part_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +71,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 
-class DownloadDialog(QDialog):
+class DownloadDialog(DownloadProgress, QDialog):
     """Non-blocking (``open()``) dialog for one optional file. Emits ``fileReady(path)`` and accepts when the
     download finished or a local file was chosen.
 
@@ -173,22 +179,8 @@ class DownloadDialog(QDialog):
             return
         self._finish(Path(path))
 
-    def _report(self, done: int, total: int | None) -> None:  # the download thread
-        now = time.monotonic()
-        if now - self._last_report >= 0.1 or (total is not None and done >= total):
-            self._last_report = now
-            self._tasks.call_soon_threadsafe(self._show_progress, done, total)
-
-    def _show_progress(self, done: int, total: int | None) -> None:
-        if self.state != "downloading":
-            return
-        if total:
-            self.progress.setRange(0, 1000)
-            self.progress.setValue(int(1000 * done / total))
-            self.status.setText(f"Downloading {self._file.title}: {_mb(done)} of {_mb(total)}")
-        else:
-            self.progress.setRange(0, 0)
-            self.status.setText(f"Downloading {self._file.title}: {_mb(done)}")
+    def _progress_text(self, done: int, total: int | None) -> str:
+        return f"Downloading {self._file.title}: {_mb(done)}" + (f" of {_mb(total)}" if total else "")
 
     # --- states
     def _finish(self, path: Path) -> None:

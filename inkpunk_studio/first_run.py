@@ -191,7 +191,29 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-class FirstRunDialog(QDialog):
+class DownloadProgress:
+    """The progress half of a download dialog (this one and downloads.DownloadDialog): the download thread's
+    reports, at most ten a second, shown on the GUI thread. The dialog has `state`, `progress`, `status`,
+    `_tasks`, `_last_report` and `_progress_text(done, total)`."""
+
+    def _report(self, done: int, total: int | None) -> None:  # the download thread
+        now = time.monotonic()
+        if now - self._last_report >= 0.1 or (total is not None and done >= total):
+            self._last_report = now
+            self._tasks.call_soon_threadsafe(self._show_progress, done, total)
+
+    def _show_progress(self, done: int, total: int | None) -> None:
+        if self.state != "downloading":
+            return
+        if total:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(1000 * done / total))
+        else:
+            self.progress.setRange(0, 0)
+        self.status.setText(self._progress_text(done, total))
+
+
+class FirstRunDialog(DownloadProgress, QDialog):
     """Non-blocking setup dialog (show it with ``open()``). Emits ``checkpointChosen(path)`` and accepts.
 
     States: "choose" (two big buttons), "downloading" (progress + Cancel), "paused" (after a cancel: Resume
@@ -302,22 +324,8 @@ class FirstRunDialog(QDialog):
             return
         self._finish(Path(path))
 
-    def _report(self, done: int, total: int | None) -> None:  # download thread
-        now = time.monotonic()
-        if now - self._last_report >= 0.1 or (total is not None and done >= total):
-            self._last_report = now
-            self._tasks.call_soon_threadsafe(self._show_progress, done, total)
-
-    def _show_progress(self, done: int, total: int | None) -> None:
-        if self.state != "downloading":
-            return
-        if total:
-            self.progress.setRange(0, 1000)
-            self.progress.setValue(int(1000 * done / total))
-            self.status.setText(f"Downloading {FILENAME}: {_gb(done)} of {_gb(total)}")
-        else:
-            self.progress.setRange(0, 0)
-            self.status.setText(f"Downloading {FILENAME}: {_gb(done)}")
+    def _progress_text(self, done: int, total: int | None) -> str:
+        return f"Downloading {FILENAME}: {_gb(done)}" + (f" of {_gb(total)}" if total else "")
 
     # --- states
     def _finish(self, path: Path) -> None:
