@@ -33,7 +33,6 @@ from .first_run import (
     ProgressFn,
     describe_download_error,
     hub_download,
-    part_path,
 )
 
 log = logging.getLogger(__name__)
@@ -188,34 +187,17 @@ class DownloadDialog(DownloadProgress, QDialog):
         self.fileReady.emit(str(path))
         self.accept()
 
-    def _set_state(self, state: str, message: str = "") -> None:
-        self.state = state
-        downloading = state == "downloading"
-        self.choose_button.setEnabled(not downloading)
-        self.download_button.setEnabled(not downloading and state != "done")
-        self.download_button.setText({"paused": "Resume download", "failed": "Retry download"}.get(
-            state, self._label))
-        self.cancel_button.setVisible(downloading)
-        self.progress.setVisible(state in ("downloading", "paused", "failed"))
-        if downloading:
-            self.progress.setRange(0, 0)
-            message = message or "Connecting to the Hugging Face Hub…"
-        elif self.progress.maximum() == 0:  # stop the busy animation
-            self.progress.setRange(0, 1000)
-            self.progress.setValue(0)
-        if state == "paused":
-            part = part_path(self._dest)
-            kept = part.stat().st_size if part.exists() else 0
-            message = message or (f"Download paused; {_mb(kept)} kept. Resume continues where it stopped."
-                                  if kept else "Download cancelled.")
-        self.status.setText(message)
-        layout = self.layout()
-        if layout is not None:  # grow to show wrapped text in full
-            layout.activate()
-            need = self.heightForWidth(self.width())
-            if need > self.height():
-                self.resize(self.width(), need)
-        self.stateChanged.emit(state)
+    def _alternative_button(self) -> QPushButton:
+        return self.choose_button
+
+    def _download_label(self) -> str:
+        return self._label
+
+    def _download_target(self) -> Path:
+        return self._dest
+
+    def _size_text(self, n: int) -> str:
+        return _mb(n)
 
     def done(self, result: int) -> None:  # closing while downloading stops the transfer (the .part stays)
         self.cancel_download()

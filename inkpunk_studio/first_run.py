@@ -192,9 +192,11 @@ def _gb(n: int) -> str:
 
 
 class DownloadProgress:
-    """The progress half of a download dialog (this one and downloads.DownloadDialog): the download thread's
-    reports, at most ten a second, shown on the GUI thread. The dialog has `state`, `progress`, `status`,
-    `_tasks`, `_last_report` and `_progress_text(done, total)`."""
+    """What the download dialogs (this one and downloads.DownloadDialog) share: the download thread's reports,
+    at most ten a second, shown on the GUI thread, and the buttons, bar and status line per state. A dialog has
+    `state`, `progress`, `status`, `download_button`, `cancel_button`, `stateChanged`, `_tasks`,
+    `_last_report`, and says the rest through `_alternative_button()` (locate/choose a file), `_download_label()`,
+    `_download_target()` (the file the .part belongs to), `_size_text(n)` and `_progress_text(done, total)`."""
 
     def _report(self, done: int, total: int | None) -> None:  # the download thread
         now = time.monotonic()
@@ -211,6 +213,40 @@ class DownloadProgress:
         else:
             self.progress.setRange(0, 0)
         self.status.setText(self._progress_text(done, total))
+
+    def _set_state(self, state: str, message: str = "") -> None:
+        self.state = state
+        downloading = state == "downloading"
+        self._alternative_button().setEnabled(not downloading)
+        self.download_button.setEnabled(not downloading and state != "done")
+        self.download_button.setText({"paused": "Resume download", "failed": "Retry download"}.get(
+            state, self._download_label()))
+        self.cancel_button.setVisible(downloading)
+        self.progress.setVisible(state in ("downloading", "paused", "failed"))
+        if downloading:
+            self.progress.setRange(0, 0)
+            message = message or "Connecting to the Hugging Face Hub…"
+        elif self.progress.maximum() == 0:  # stop the busy animation: nothing is happening any more
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(0)
+        if state == "paused":
+            part = part_path(self._download_target())
+            kept = part.stat().st_size if part.exists() else 0
+            message = message or (f"Download paused; {self._size_text(kept)} kept. Resume continues where it "
+                                  "stopped." if kept else "Download cancelled.")
+        self.status.setText(message)
+        self._fit_height()
+        self.stateChanged.emit(state)
+
+    def _fit_height(self) -> None:
+        """Grow to show wrapped text in full (a layout's minimum size ignores height-for-width)."""
+        layout = self.layout()
+        if layout is None:
+            return
+        layout.activate()
+        need = self.heightForWidth(self.width())
+        if need > self.height():
+            self.resize(self.width(), need)
 
 
 class FirstRunDialog(DownloadProgress, QDialog):
@@ -333,39 +369,17 @@ class FirstRunDialog(DownloadProgress, QDialog):
         self.checkpointChosen.emit(str(path))
         self.accept()
 
-    def _set_state(self, state: str, message: str = "") -> None:
-        self.state = state
-        downloading = state == "downloading"
-        self.locate_button.setEnabled(not downloading)
-        self.download_button.setEnabled(not downloading and state != "done")
-        self.download_button.setText({"paused": "Resume download", "failed": "Retry download"}.get(
-            state, DOWNLOAD_LABEL))
-        self.cancel_button.setVisible(downloading)
-        self.progress.setVisible(state in ("downloading", "paused", "failed"))
-        if downloading:
-            self.progress.setRange(0, 0)
-            message = message or "Connecting to the Hugging Face Hub…"
-        elif self.progress.maximum() == 0:  # stop the busy animation: nothing is happening any more
-            self.progress.setRange(0, 1000)
-            self.progress.setValue(0)
-        elif state == "paused":
-            part = part_path(self._models_dir / FILENAME)
-            kept = part.stat().st_size if part.exists() else 0
-            message = message or (f"Download paused; {_gb(kept)} kept. Resume continues where it stopped."
-                                  if kept else "Download cancelled.")
-        self.status.setText(message)
-        self._fit_height()
-        self.stateChanged.emit(state)
+    def _alternative_button(self) -> QPushButton:
+        return self.locate_button
 
-    def _fit_height(self) -> None:
-        """Grow to show wrapped text in full (a layout's minimum size ignores height-for-width)."""
-        layout = self.layout()
-        if layout is None:
-            return
-        layout.activate()
-        need = self.heightForWidth(self.width())
-        if need > self.height():
-            self.resize(self.width(), need)
+    def _download_label(self) -> str:
+        return DOWNLOAD_LABEL
+
+    def _download_target(self) -> Path:
+        return self._models_dir / FILENAME
+
+    def _size_text(self, n: int) -> str:
+        return _gb(n)
 
     def showEvent(self, event: QShowEvent) -> None:  # opened again after a finished setup: start over
         if self.state == "done":
