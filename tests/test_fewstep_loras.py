@@ -1,0 +1,127 @@
+"""The few-step LoRAs fast mode offers (LCM-LoRA, TCD-LoRA, Hyper-SD 1/2/4/8-step and the CFG ones), built as
+random-weight files in the layouts the released files have, merged by engine.lora and compared with diffusers'
+load_lora_weights + fuse_lora (what these files were made for), with every key used.
+
+What the real files are (evidence gathered without downloading them; see the fast-mode section of README.md):
+  * the module set: diffusers' LCM-LoRA training script (examples/consistency_distillation/
+    train_lcm_distill_lora_sd_wds.py, reused by TCD's and Hyper-SD's training code) targets to_q, to_k, to_v,
+    to_out.0, proj_in, proj_out, ff.net.0.proj, ff.net.2, conv1, conv2, conv_shortcut, downsamplers.0.conv,
+    upsamplers.0.conv and time_emb_proj, UNet only, rank 64 (lora_alpha 8). On SD 1.5 that is 278 layers and
+    67.25 M parameters: 134.5 MB in fp16, 269.0 MB in fp32. The lcm-lora-sdv1-5 model card says 67.5 M params
+    and the file is 135 MB (fp16); Hyper-SD15-1step/2steps/4steps-lora.safetensors are 269 MB (so fp32, same
+    modules and rank) and Hyper-SD15-8steps-lora.safetensors ~136 MB (fp16).
+  * the key spelling: lcm-lora-sdv1-5 is kohya-style in diffusers' module spelling
+    (`lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight` / `.lora_up.weight` / `.alpha`); for
+    h1t/TCD-SD15-LoRA and the Hyper-SD15 files the literal keys could not be read here, and diffusers' own
+    saver writes either PEFT keys (`unet.down_blocks.0.attentions.0.proj_in.lora_A.weight`) or its older
+    `unet.<module>.lora.down.weight`. Every one of these spellings is built below, in each file's dtype, so
+    whichever the real file uses is covered.
+"""
+# ruff: noqa: F811  (pytest fixtures imported from test_lora are redefined as test arguments)
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_lora import TOL, ckpt, layers, ours, outputs, reference_pipe  # noqa: F401
+from test_models_parity import rel_err
+
+from engine.lora import apply_loras, diffusers_unet_name, read_lora
+
+# diffusers train_lcm_distill_lora_sd_wds.py `lora_target_modules` (the UNet's LoRA layers of all these files)
+TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+           "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
+RANK, ALPHA = 8, 1.0  # the released files: rank 64, alpha 8 -> the same alpha / rank = 1/8
+
+# file -> (key spelling, dtype): the spellings each file may have (see the module docstring)
+FILES = {
+    "lcm-lora-sdv1-5": (("kohya_diffusers",), torch.float16),
+    "TCD-SD15-LoRA": (("kohya_diffusers", "peft", "diffusers_legacy"), torch.float16),
+    "Hyper-SD15-1step-lora": (("kohya_diffusers", "peft", "diffusers_legacy"), torch.float32),
+    "Hyper-SD15-4steps-lora": (("kohya_diffusers", "peft", "diffusers_legacy"), torch.float32),
+    "Hyper-SD15-8steps-lora": (("kohya_diffusers", "peft", "diffusers_legacy"), torch.float16),
+    "Hyper-SD15-8steps-CFG-lora": (("kohya_diffusers", "peft", "diffusers_legacy"), torch.float16),
+}
+CASES = [(name, style, dtype) for name, (styles, dtype) in FILES.items() for style in styles]
+
+
+def target_layers(models) -> dict[str, str]:
+    """Our UNet module name -> diffusers' name, for the layers the few-step LoRAs train."""
+    out = {}
+    for name in layers(models.unet):
+        spelled = diffusers_unet_name(name, models.unet.config)
+        if spelled is not None and spelled.endswith(TARGETS):
+            out[name] = spelled
+    return out
+
+
+def fewstep_lora(models, style: str, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random LoRA on the few-step LoRAs' layers: 3x3 convs get a (r, in, 3, 3) down and (out, r, 1, 1) up as
+    PEFT makes them; kohya files carry alpha (a 0-d tensor in the file's dtype), PEFT/diffusers ones none."""
+    g = torch.Generator().manual_seed(seed)
+    modules = dict(models.unet.named_modules())
+    out: dict[str, torch.Tensor] = {}
+    for name, spelled in target_layers(models).items():
+        shape = tuple(modules[name].weight.shape)
+        fan_in = math.prod(shape[1:])
+        down = torch.randn((RANK, *shape[1:]) if len(shape) == 4 else (RANK, shape[1]), generator=g)
+        up = torch.randn((shape[0], RANK, 1, 1) if len(shape) == 4 else (shape[0], RANK), generator=g)
+        down, up = (down / math.sqrt(fan_in)).to(dtype), (up * 2.0 / math.sqrt(RANK)).to(dtype)
+        if style == "kohya_diffusers":
+            key = "lora_unet_" + spelled.replace(".", "_")
+            out[f"{key}.lora_down.weight"], out[f"{key}.lora_up.weight"] = down, up
+            out[f"{key}.alpha"] = torch.tensor(ALPHA, dtype=dtype)
+        elif style == "peft":
+            out[f"unet.{spelled}.lora_A.weight"], out[f"unet.{spelled}.lora_B.weight"] = down, up
+        else:  # diffusers' convert_state_dict_to_diffusers spelling
+            out[f"unet.{spelled}.lora.down.weight"], out[f"unet.{spelled}.lora.up.weight"] = down, up
+    return out
+
+
+def test_the_module_set_is_the_released_files_size(ours):
+    """On SD 1.5 at rank 64 the trained layers make 67.25 M parameters: 134.5 MB in fp16 (lcm-lora-sdv1-5's
+    135 MB, Hyper-SD15-8steps' ~136 MB) and 269.0 MB in fp32 (Hyper-SD15-1step/2steps/4steps' 269 MB)."""
+    from engine.config import UNetConfig
+    from engine.unet import UNet
+
+    with torch.device("meta"):
+        unet = UNet(UNetConfig.sd15())
+    model = type("M", (), {"unet": unet})()
+    modules = dict(unet.named_modules())
+    chosen = target_layers(model)
+    params = sum(64 * (math.prod(modules[n].weight.shape[1:]) + modules[n].weight.shape[0]) for n in chosen)
+    assert len(chosen) == 278
+    assert params == 67_252_224
+    assert round(params * 2 / 1e6, 1) == 134.5 and round(params * 4 / 1e6, 1) == 269.0
+    kinds = {spelled.rsplit(".", 1)[-1] for spelled in chosen.values()}
+    assert {"conv1", "conv2", "conv_shortcut", "conv", "time_emb_proj", "proj_in", "to_q"} <= kinds
+    assert not any(s.startswith(("conv_in", "conv_out", "time_embedding")) for s in chosen.values())
+
+
+@pytest.mark.parametrize(("name", "style", "dtype"), CASES, ids=[f"{n}-{s}" for n, s, _ in CASES])
+def test_fewstep_lora_layout_merges_like_diffusers(name, style, dtype, ours, reference_pipe, tmp_path):
+    state = fewstep_lora(ours, style, dtype, seed=len(name))
+    path = tmp_path / f"{name}.safetensors"
+    save_file(state, str(path))
+    lora = read_lora(path, ours)
+    assert lora.unmatched == [], "keys ignored"
+    assert {m.component for m in lora.modules} == {"unet"}
+    assert sorted(m.name for m in lora.modules) == sorted(target_layers(ours))
+    assert {m.scale for m in lora.modules} == {ALPHA / RANK if style == "kohya_diffusers" else 1.0}
+
+    before = outputs(ours.text_encoder, ours.unet, diffusers=False)
+    handle = apply_loras(ours, [(path, 1.0)])
+    got = outputs(ours.text_encoder, ours.unet, diffusers=False)
+    ref = reference_pipe()
+    ref.load_lora_weights({k: v.clone() for k, v in state.items()})
+    ref.fuse_lora(components=["unet"], lora_scale=1.0)
+    expected = outputs(ref.text_encoder, ref.unet, diffusers=True)
+    assert torch.equal(got[0], before[0])  # UNet-only files leave the text encoder alone
+    assert rel_err(got[1], expected[1]) <= TOL
+    assert rel_err(before[1], expected[1]) > 100 * TOL  # the LoRA made a real difference
+    handle.restore()
+    after = outputs(ours.text_encoder, ours.unet, diffusers=False)
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
