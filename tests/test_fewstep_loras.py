@@ -2,20 +2,23 @@
 random-weight files in the layouts the released files have, merged by engine.lora and compared with diffusers'
 load_lora_weights + fuse_lora (what these files were made for), with every key used.
 
-What the real files are (evidence gathered without downloading them; see the fast-mode section of README.md):
+What the real files are (gathered without downloading them, which this project cannot do; README.md's fast-mode
+section has the sources):
   * the module set: diffusers' LCM-LoRA training script (examples/consistency_distillation/
-    train_lcm_distill_lora_sd_wds.py, reused by TCD's and Hyper-SD's training code) targets to_q, to_k, to_v,
+    train_lcm_distill_lora_sd_wds.py `lora_target_modules`, rank 64, lora_alpha 8) trains to_q, to_k, to_v,
     to_out.0, proj_in, proj_out, ff.net.0.proj, ff.net.2, conv1, conv2, conv_shortcut, downsamplers.0.conv,
-    upsamplers.0.conv and time_emb_proj, UNet only, rank 64 (lora_alpha 8). On SD 1.5 that is 278 layers and
-    67.25 M parameters: 134.5 MB in fp16, 269.0 MB in fp32. The lcm-lora-sdv1-5 model card says 67.5 M params
-    and the file is 135 MB (fp16); Hyper-SD15-1step/2steps/4steps-lora.safetensors are 269 MB (so fp32, same
-    modules and rank) and Hyper-SD15-8steps-lora.safetensors ~136 MB (fp16).
-  * the key spelling: lcm-lora-sdv1-5 is kohya-style in diffusers' module spelling
-    (`lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight` / `.lora_up.weight` / `.alpha`); for
-    h1t/TCD-SD15-LoRA and the Hyper-SD15 files the literal keys could not be read here, and diffusers' own
-    saver writes either PEFT keys (`unet.down_blocks.0.attentions.0.proj_in.lora_A.weight`) or its older
-    `unet.<module>.lora.down.weight`. Every one of these spellings is built below, in each file's dtype, so
-    whichever the real file uses is covered.
+    upsamplers.0.conv and time_emb_proj of the UNet only. On SD 1.5 that is 278 layers and 67.25 M parameters:
+    134.5 MB in fp16, 269.0 MB in fp32. The lcm-lora-sdv1-5 model card gives 67.5 M parameters and the file is
+    135 MB (fp16); Hyper-SD15-1step/2steps/4steps-lora.safetensors are listed at 269 MB (fp32: the same set at
+    rank 64) and Hyper-SD15-8steps-lora.safetensors at ~136 MB (fp16). For TCD-SD15-LoRA no size was found:
+    the same set in fp16 is assumed (TCD's training code derives from the same script).
+  * the key spelling: the literal keys could not be read here. Their model cards load them with diffusers'
+    load_lora_weights, so they are in one of the spellings diffusers reads: kohya-style in
+    diffusers' module names (`lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight`, `.lora_up.weight`,
+    `.alpha`: what tests/test_app_fast.py takes for LCM-LoRA), PEFT's
+    (`unet.down_blocks.0.attentions.0.proj_in.lora_A.weight`) or diffusers' older
+    `unet.<module>.lora.down.weight`. Each file is built in every one of them, in its dtype, so whichever the
+    real file uses is covered.
 """
 # ruff: noqa: F811  (pytest fixtures imported from test_lora are redefined as test arguments)
 
@@ -38,7 +41,7 @@ RANK, ALPHA = 8, 1.0  # the released files: rank 64, alpha 8 -> the same alpha /
 
 # file -> (key spelling, dtype): the spellings each file may have (see the module docstring)
 FILES = {
-    "lcm-lora-sdv1-5": (("kohya_diffusers",), torch.float16),
+    "lcm-lora-sdv1-5": (("kohya_diffusers", "peft", "diffusers_legacy"), torch.float16),
     "TCD-SD15-LoRA": (("kohya_diffusers", "peft", "diffusers_legacy"), torch.float16),
     "Hyper-SD15-1step-lora": (("kohya_diffusers", "peft", "diffusers_legacy"), torch.float32),
     "Hyper-SD15-4steps-lora": (("kohya_diffusers", "peft", "diffusers_legacy"), torch.float32),
