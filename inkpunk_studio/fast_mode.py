@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Signal
 
+from engine.names import DISPLAY_NAMES, SCHEDULE_LABELS
+
 from .downloads import TAESD, DownloadDialog, HubFile
 from .networks import ModelFolders
 
@@ -36,7 +38,8 @@ SAVED_KEYS = ("sampler", "schedule", "steps", "cfg_scale")  # the person's own, 
 
 @dataclass(frozen=True)
 class FewStepLora:
-    """A distilled few-step LoRA for SD 1.5 and how to sample with it (its model card's settings)."""
+    """A distilled few-step LoRA for SD 1.5 and how to sample with it: its authors' settings, or the nearest our
+    samplers can express (see each entry). CFG 1 is one UNet pass a step: diffusers' guidance 0 (or 1)."""
 
     key: str
     label: str
@@ -44,22 +47,36 @@ class FewStepLora:
     sampler: str
     steps: int
     cfg_scale: float
+    schedule: str = "automatic"
 
 
 FEW_STEP_LORAS: dict[str, FewStepLora] = {
-    # latent-consistency/lcm-lora-sdv1-5 README: LCMScheduler, 4-8 steps, guidance 1-2
+    # latent-consistency/lcm-lora-sdv1-5 model card: LCMScheduler, 2-8 steps (4 in its examples), guidance 1-2
+    # (the card's 0.5..1 is one pass too); 67.5 M parameters, 135 MB in fp16
     "lcm": FewStepLora("lcm", "LCM-LoRA (latent-consistency)", HubFile(
         "latent-consistency/lcm-lora-sdv1-5", "pytorch_lora_weights.safetensors",
         "Lora/lcm-lora-sdv1-5.safetensors", "LCM-LoRA for SD 1.5", "135 MB"), "lcm", 4, 1.0),
-    # h1t/TCD-SD15 README: TCDScheduler, 4 steps, guidance 0 (one pass), gamma 0.3
+    # h1t/TCD-SD15-LoRA (the repository diffusers' "Trajectory Consistency Distillation-LoRA" guide and TCD's
+    # README name): TCDScheduler, 4 steps (4-50 work), guidance 0 (one pass), eta (our gamma) 0.3, the tcd
+    # sampler's default (engine.samplers.tcd.DEFAULT_GAMMA)
     "tcd": FewStepLora("tcd", "TCD-LoRA (h1t)", HubFile(
-        "h1t/TCD-SD15", "pytorch_lora_weights.safetensors", "Lora/tcd-sd15.safetensors",
+        "h1t/TCD-SD15-LoRA", "pytorch_lora_weights.safetensors", "Lora/tcd-sd15.safetensors",
         "TCD-LoRA for SD 1.5"), "tcd", 4, 1.0),
-    # ByteDance/Hyper-SD README: the 8-step SD1.5 LoRA with a trailing DDIM/TCD schedule, guidance 0
+    # ByteDance/Hyper-SD README, SD1.5 N-step LoRAs: DDIMScheduler with timestep_spacing="trailing" (eta 0),
+    # the LoRA's own step count, guidance 0 (one pass). Our DDIM walks A1111's leading grid, so the nearest is
+    # Euler (the same update as DDIM at eta 0) on the SGM Uniform schedule: its timesteps are diffusers'
+    # trailing ones within 1 (999, 874.1, ... 124.9 against 999, 874, ... 124); its last step lands on sigma 0
+    # where DDIM's lands on alpha_bar_0 (sigma 0.029).
     "hyper": FewStepLora("hyper", "Hyper-SD 8-step (ByteDance)", HubFile(
         "ByteDance/Hyper-SD", "Hyper-SD15-8steps-lora.safetensors", "Lora/Hyper-SD15-8steps-lora.safetensors",
-        "Hyper-SD 8-step LoRA for SD 1.5"), "tcd", 8, 1.0),
+        "Hyper-SD 8-step LoRA for SD 1.5", "136 MB"), "euler", 8, 1.0, "sgm_uniform"),
 }
+
+def sampler_label(spec: FewStepLora) -> str:
+    """"Euler SGM Uniform", "LCM": the sampler as the Sampler menu words it, with the schedule unless automatic."""
+    name = DISPLAY_NAMES.get(spec.sampler, spec.sampler)
+    return name if spec.schedule == "automatic" else f"{name} {SCHEDULE_LABELS.get(spec.schedule, spec.schedule)}"
+
 
 # Where TAESD for SD 1.x may live under a models folder: ours (the diffusers download), A1111's VAE-approx
 # (taesd_decoder.pth / taesd_encoder.pth) and ComfyUI's vae_approx.
@@ -157,12 +174,12 @@ class FastModeController(QObject):
         self.settings.fast_mode = True
         self.settings.sync()
         spec = self.spec
-        self.window.params_panel.set_values(sampler=spec.sampler, schedule="automatic", steps=spec.steps,
+        self.window.params_panel.set_values(sampler=spec.sampler, schedule=spec.schedule, steps=spec.steps,
                                             cfg_scale=spec.cfg_scale)
         self._show_checked(True)
         tiny = " and the tiny decoder" if self.taesd_path() is not None and self.settings.fast_decoder == "taesd" else ""
         self.window.statusBar().showMessage(
-            f"Fast mode: {spec.label} at 1.0, {spec.sampler.upper()} {spec.steps} steps, CFG {spec.cfg_scale:g}"
+            f"Fast mode: {spec.label} at 1.0, {sampler_label(spec)} {spec.steps} steps, CFG {spec.cfg_scale:g}"
             f"{tiny}", 8000)
         self.changed.emit(True)
 

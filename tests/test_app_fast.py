@@ -131,3 +131,54 @@ def test_fast_mode_with_its_lora_gone_refuses_to_generate_in_words(qtbot, fast_w
     assert "LCM-LoRA" in shown.args[1] and "Fast" in shown.args[1]
     assert pngs(window.output_dir()) == []
     window.message_box.close()  # a window-modal box left open would stay the app's modal widget for later tests
+
+
+def choose_fast_lora(window, key: str) -> None:
+    """Settings -> Fast mode LoRA -> OK, as a person does it."""
+    window.show_settings()
+    dialog = window.settings_dialog
+    dialog.fast_lora_combo.setCurrentIndex(dialog.fast_lora_combo.findData(key))
+    dialog.accept()
+
+
+def test_each_few_step_lora_chosen_in_settings_sets_its_sampling_and_switching_off_restores(qtbot, open_window,
+                                                                                           tiny_checkpoint,
+                                                                                           tmp_path):
+    from inkpunk_studio.fast_mode import FEW_STEP_LORAS
+
+    data = tmp_path / "data"
+    for spec in FEW_STEP_LORAS.values():  # every LoRA already downloaded: no dialog
+        lcm_layout_lora(tiny_checkpoint, spec.file.target(paths.models_dir(data)))
+    window = open_window(tiny_checkpoint, data_dir=data)
+    set_small_params(window, steps=12, sampler="dpmpp_2m", schedule="karras", cfg_scale=6.5)
+    own = ("dpmpp_2m", "karras", 12, 6.5)
+
+    def shown() -> tuple:
+        values = window.params_panel.values()
+        return values["sampler"], values["schedule"], values["steps"], values["cfg_scale"]
+
+    for key, spec in FEW_STEP_LORAS.items():
+        choose_fast_lora(window, key)
+        assert window.settings.fast_lora == key and not window.fast_mode.enabled
+        window.run_bar.fast_check.click()
+        assert window.fast_mode.enabled and window.fast_mode.dialog is None
+        assert shown() == (spec.sampler, spec.schedule, spec.steps, spec.cfg_scale), key
+        params = window.current_params()
+        window.fast_mode.apply(params)
+        assert params.loras == ((spec.file.target(paths.models_dir(data)), 1.0, 1.0),)
+        window.run_bar.fast_check.click()
+        assert not window.fast_mode.enabled and shown() == own, key
+
+    # changed while fast mode is on: the new LoRA's values at once, and off still gives the person's own back
+    choose_fast_lora(window, "lcm")
+    window.run_bar.fast_check.click()
+    choose_fast_lora(window, "hyper")
+    hyper = FEW_STEP_LORAS["hyper"]
+    assert window.fast_mode.enabled and shown() == (hyper.sampler, hyper.schedule, hyper.steps, hyper.cfg_scale)
+    window.params_panel.set_values(steps=2)  # a few-step run on the tiny model
+    [path] = run(qtbot, window)
+    meta = read_params(path)
+    assert (meta.sampler, meta.schedule, meta.steps, meta.cfg_scale) == (hyper.sampler, hyper.schedule, 2, 1.0)
+    assert list(meta.lora_hashes) == ["Hyper-SD15-8steps-lora"]
+    window.run_bar.fast_check.click()
+    assert shown() == own

@@ -141,6 +141,35 @@ def test_hub_files_are_the_ones_the_issue_names():
     assert all(4 <= s.steps <= 8 and 1.0 <= s.cfg_scale <= 2.0 for s in FEW_STEP_LORAS.values())
 
 
+def test_few_step_table_follows_the_model_cards():
+    """TCD: h1t/TCD-SD15-LoRA with TCDScheduler's grid, 4 steps, one pass, gamma 0.3. Hyper-SD 8-step: DDIM with
+    diffusers' "trailing" timesteps, one pass; ours: Euler (DDIM's update at eta 0) on SGM Uniform, whose
+    timesteps are the trailing ones within 1."""
+    import torch
+    from diffusers import DDIMScheduler, TCDScheduler
+
+    from engine.samplers import tcd
+    from engine.schedules import ModelSchedule, sigmas
+
+    spec = FEW_STEP_LORAS["tcd"]
+    assert (spec.file.repo_id, spec.file.filename) == ("h1t/TCD-SD15-LoRA", "pytorch_lora_weights.safetensors")
+    assert (spec.sampler, spec.schedule, spec.steps, spec.cfg_scale) == ("tcd", "automatic", 4, 1.0)
+    assert tcd.DEFAULT_GAMMA == 0.3
+    sd15 = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+    reference = TCDScheduler(**sd15)
+    reference.set_timesteps(spec.steps)
+    assert tcd.timesteps(spec.steps)[::-1] == reference.timesteps.tolist()
+
+    spec = FEW_STEP_LORAS["hyper"]
+    assert (spec.file.repo_id, spec.file.filename) == ("ByteDance/Hyper-SD", "Hyper-SD15-8steps-lora.safetensors")
+    assert (spec.sampler, spec.schedule, spec.steps, spec.cfg_scale) == ("euler", "sgm_uniform", 8, 1.0)
+    reference = DDIMScheduler(**sd15, timestep_spacing="trailing", set_alpha_to_one=False)
+    reference.set_timesteps(spec.steps)
+    ours = ModelSchedule.sd1().sigma_to_t(sigmas(spec.schedule, spec.steps)[:-1])
+    assert reference.timesteps.tolist() == [999, 874, 749, 624, 499, 374, 249, 124]
+    assert torch.all((ours - reference.timesteps.double()).abs() < 1)
+
+
 def test_download_dialog_cancels_keeps_the_part_and_resumes_with_a_range_request(qtbot, tasks, client, tmp_path):
     data = bytes(range(256)) * (3 * 4096 + 17)  # ~3 MB, served in 64 KB pieces
     server = FileServer(data, delay=0.01)

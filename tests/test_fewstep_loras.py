@@ -131,3 +131,18 @@ def test_fewstep_lora_layout_merges_like_diffusers(style, dtype, ours, reference
     handle.restore()
     after = outputs(ours.text_encoder, ours.unet, diffusers=False)
     assert all(torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_one_tcd_step_is_the_same_at_any_gamma():
+    """Hyper-SD's 1-step LoRA card runs TCDScheduler at eta 1.0; at one step there is no noise to add between
+    steps, so our tcd sampler at its fixed gamma 0.3 gives exactly that (README's advice for that file)."""
+    from engine.samplers import tcd
+    from engine.schedules import ModelSchedule
+
+    schedule = ModelSchedule.sd1()
+    sigmas = torch.cat([schedule.sigmas[tcd.timesteps(1)[::-1]], torch.zeros(1)])
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    denoiser = lambda x_ve, sigma: torch.tanh(x_ve) * 0.5  # any x0 estimate
+    noise = lambda: torch.randn(1, 4, 8, 8)  # unseeded: drawn, it would make the two differ
+    out = [tcd.sample_tcd(denoiser, x, sigmas, gamma=g, noise=noise) for g in (0.3, 1.0)]
+    assert torch.equal(out[0], out[1])
