@@ -51,8 +51,8 @@ class FewStepLora:
 
 
 FEW_STEP_LORAS: dict[str, FewStepLora] = {
-    # latent-consistency/lcm-lora-sdv1-5 model card: LCMScheduler, 2-8 steps (4 in its examples), guidance 1-2
-    # (the card's 0.5..1 is one pass too); 67.5 M parameters, 135 MB in fp16
+    # latent-consistency/lcm-lora-sdv1-5 model card: LCMScheduler, 2-8 steps (4 in its examples); guidance 1-2
+    # at most (diffusers' LCM-LoRA guide), 1 being one pass; 67.5 M parameters, 135 MB in fp16
     "lcm": FewStepLora("lcm", "LCM-LoRA (latent-consistency)", HubFile(
         "latent-consistency/lcm-lora-sdv1-5", "pytorch_lora_weights.safetensors",
         "Lora/lcm-lora-sdv1-5.safetensors", "LCM-LoRA for SD 1.5", "135 MB"), "lcm", 4, 1.0),
