@@ -6,12 +6,19 @@ The reference is a port of AUTOMATIC1111 v1.10 `modules/sd_samplers_cfg_denoiser
 `inner_model` = k-diffusion's CompVisDenoiser around a toy UNet that records the rows it is given.
 """
 
+# ruff: noqa: F811  (pytest fixtures imported from fixtures_app are redefined as test arguments)
 from __future__ import annotations
 
 import types
 
 import pytest
 import torch
+from fixtures_app import (  # noqa: F401  (pytest fixtures, used as arguments)
+    RUN_TIMEOUT_MS,
+    open_window,
+    set_small_params,
+    tiny_checkpoint,
+)
 
 import engine
 from engine.conditioning import PromptSchedule
@@ -228,3 +235,102 @@ def test_skip_early_cfg_img2img_counts_the_steps_run(pipe):
 def test_bad_values_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         engine.GenerationRequest(prompt="x", **{field: value})
+
+
+# --- infotext, settings, CLI and the window (inkpunk_studio) ---
+
+A1111_TEXT = ("a cat\nNegative prompt: blur\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, "
+              "Seed: 1, Size: 512x512, Model hash: 6ce0161689, Model: v1-5, Skip Early CFG: 0.1, NGMS: 2.5, "
+              "NGMS all steps: True, Version: v1.10.1")
+
+
+def test_infotext_keys_round_trip_as_a1111_writes_them():
+    from inkpunk_studio.metadata import ImageParams
+
+    meta = ImageParams.from_parameters_text(A1111_TEXT)
+    assert (meta.skip_early_cond, meta.s_min_uncond, meta.s_min_uncond_all) == (0.1, 2.5, True)
+    assert not set(meta.extra) & {"NGMS", "NGMS all steps", "Skip Early CFG"} and not meta.notes
+    assert meta.to_parameters_text().endswith("Skip Early CFG: 0.1, NGMS: 2.5, NGMS all steps: True, "
+                                              "Version: v1.10.1")
+    assert ImageParams.from_parameters_text(meta.to_parameters_text()) == meta
+    # only what a generation skipped is recorded (A1111 v1.10 writes the keys from CFGDenoiser.forward)
+    meta.set_cfg_skips({"NGMS": 0.5})
+    text = meta.to_parameters_text()
+    assert "NGMS: 0.5, Version" in text and "Skip Early CFG" not in text and "all steps" not in text
+    meta.set_cfg_skips({})
+    assert "NGMS" not in meta.to_parameters_text()
+    # missing keys: off; unusable ones are said and not applied
+    plain = ImageParams.from_parameters_text(A1111_TEXT.replace(", Skip Early CFG: 0.1, NGMS: 2.5, "
+                                                                "NGMS all steps: True", ""))
+    assert (plain.skip_early_cond, plain.s_min_uncond, plain.s_min_uncond_all) == (0.0, 0.0, False)
+    bad = ImageParams.from_parameters_text(A1111_TEXT.replace("NGMS: 2.5", "NGMS: -3"))
+    assert bad.s_min_uncond == 0.0 and any("NGMS" in n for n in bad.notes)
+    assert "NGMS: -3" not in bad.to_parameters_text()
+
+
+def test_cli_flags_and_from_png(tmp_path):
+    from PIL import Image
+
+    from inkpunk_studio import cli
+    from inkpunk_studio.metadata import ImageParams, save_png
+
+    png = tmp_path / "a.png"
+    save_png(Image.new("RGB", (8, 8)), png, ImageParams.from_parameters_text(A1111_TEXT))
+    base = ["--checkpoint", "x.ckpt", "--out", str(tmp_path / "o.png")]
+    args = cli.build_parser().parse_args([*base, "--from-png", str(png), "--ngms", "1.25"])
+    v = cli._settings(args)
+    assert (v["ngms"], v["ngms_all_steps"], v["skip_early_cfg"]) == (1.25, True, 0.1)
+    v = cli._settings(cli.build_parser().parse_args([*base, "--prompt", "x", "--ngms-all-steps",
+                                                     "--skip-early-cfg", "0.3"]))
+    assert (v["ngms"], v["ngms_all_steps"], v["skip_early_cfg"]) == (0.0, True, 0.3)
+
+
+def test_settings_dialog_spins_store_and_bad_entries_fall_back(qtbot, tmp_path):
+    from PySide6.QtWidgets import QCheckBox, QDoubleSpinBox
+
+    from inkpunk_studio.settings import AppSettings
+    from inkpunk_studio.widgets.settings_dialog import SettingsDialog, SettingsValues
+
+    settings = AppSettings.for_data_dir(tmp_path)
+    assert (settings.s_min_uncond, settings.s_min_uncond_all, settings.skip_early_cond) == (0.0, False, 0.0)
+    dialog = SettingsDialog(SettingsValues.from_settings(settings), str(tmp_path / "out"))
+    qtbot.addWidget(dialog)
+    ngms = dialog.findChild(QDoubleSpinBox, "ngmsSpin")
+    early = dialog.findChild(QDoubleSpinBox, "skipEarlyCfgSpin")
+    assert ngms.toolTip() and early.toolTip() and (early.minimum(), early.maximum()) == (0.0, 1.0)
+    ngms.setValue(2.5)
+    dialog.findChild(QCheckBox, "ngmsAllStepsCheck").setChecked(True)
+    early.setValue(0.25)
+    dialog.values().save(settings)
+    again = AppSettings.for_data_dir(tmp_path)
+    assert (again.s_min_uncond, again.s_min_uncond_all, again.skip_early_cond) == (2.5, True, 0.25)
+    again.store.setValue("sampling/ngms", "lots")
+    again.store.setValue("sampling/skip_early_cfg", "7")
+    assert (again.s_min_uncond, again.skip_early_cond) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="Skip Early CFG"):
+        again.skip_early_cond = 1.5
+
+
+def test_window_generates_with_the_settings_writes_the_keys_and_restores_them(qtbot, open_window,
+                                                                             tiny_checkpoint):
+    from PIL import Image
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QPushButton
+
+    from inkpunk_studio.metadata import read_params
+
+    window = open_window(checkpoint=tiny_checkpoint)
+    set_small_params(window, steps=3)
+    settings = window.settings
+    settings.s_min_uncond, settings.s_min_uncond_all, settings.skip_early_cond = 2.5, True, 0.2
+    request = window.current_params().request(1234)
+    assert (request.s_min_uncond, request.s_min_uncond_all, request.skip_early_cond) == (2.5, True, 0.2)
+    with qtbot.waitSignal(window.generationFinished, timeout=RUN_TIMEOUT_MS) as finished:
+        qtbot.mouseClick(window.findChild(QPushButton, "generateButton"), Qt.MouseButton.LeftButton)
+    [path] = finished.args[0]
+    with Image.open(path) as image:
+        assert "Skip Early CFG: 0.2, NGMS: 2.5, NGMS all steps: True" in image.text["parameters"]
+    settings.s_min_uncond, settings.s_min_uncond_all, settings.skip_early_cond = 0.0, False, 0.0
+    window.apply_image_params(read_params(path))
+    assert (settings.s_min_uncond, settings.s_min_uncond_all, settings.skip_early_cond) == (2.5, True, 0.2)
+    assert "NGMS 2.5" in window.statusBar().currentMessage()
