@@ -77,11 +77,6 @@ class CFGDenoiser:
         # "NGMS all steps"): the infotext has these keys only if some call skipped
         self.cfg_skips: dict[str, float | bool] = {}
 
-    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        """(B,) sigmas -> the UNet's (B,) continuous timesteps, fp16-rounded as A1111 (see module doc)."""
-        t = self.schedule.sigma_to_t(sigma.detach().float().cpu())
-        return t.half().float() if self.round_t_fp16 else t
-
     def skips_uncond(self, sigma: torch.Tensor, t: torch.Tensor) -> bool:
         """Whether this call (number `self.step`) skips the uncond pass, as A1111 v1.10's
         `CFGDenoiser.forward` decides (and records in `cfg_skips` what it writes into the infotext):
@@ -129,7 +124,7 @@ class CFGDenoiser:
             t_raw = self.schedule.sigma_to_t(sigma.detach().float().cpu())
         else:
             t_raw = torch.as_tensor(timestep, dtype=torch.float32).detach().cpu().reshape(-1).expand(batch)
-        t = t_raw.half().float() if self.round_t_fp16 else t_raw  # as timestep() does
+        t = t_raw.half().float() if self.round_t_fp16 else t_raw  # the UNet's time, fp16-rounded (module doc)
         skip = self.skips_uncond(sigma, t_raw)
         cond = self.cond.at(self.step).expand(batch, -1, -1)
         if self.cfg_scale <= 1.0 or skip:

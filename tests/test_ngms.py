@@ -175,7 +175,7 @@ def run(pipe, **kw):
     calls = []
     hook = pipe.unet.register_forward_pre_hook(lambda _m, a: calls.append((a[0].shape[0], a[0][0].clone())))
     try:
-        req = engine.GenerationRequest(prompt="ink", negative_prompt="blur", steps=6, seed=4, sampler="dpmpp_2m",
+        req = engine.GenerationRequest(prompt="ink", negative_prompt="blur", steps=4, seed=4, sampler="dpmpp_2m",
                                        schedule="karras", **SIZE, **kw)
         return pipe.generate(req), calls
     finally:
@@ -186,16 +186,16 @@ def test_default_is_bit_identical_and_ngms_changes_the_image_from_the_first_skip
     base, base_calls = run(pipe)
     same, _ = run(pipe, s_min_uncond=0.0, s_min_uncond_all=False, skip_early_cond=0.0)
     assert torch.equal(base.latents, same.latents) and base.cfg_skips == same.cfg_skips == {}
-    sig = schedule_sigmas("karras", 6)
-    threshold = float(sig[2] + sig[3]) / 2  # calls 3, 4, 5 are below it; only the odd ones (3, 5) skip
+    sig = schedule_sigmas("karras", 4)
+    threshold = float(sig[0] + sig[1]) / 2  # calls 1, 2, 3 are below it; only the odd ones (1, 3) skip
     ngms, calls = run(pipe, s_min_uncond=threshold)
-    assert [rows for rows, _ in calls] == [2, 2, 2, 1, 2, 1]
+    assert [rows for rows, _ in calls] == [2, 1, 2, 1]
     for k, ((_, x), (_, x0)) in enumerate(zip(calls, base_calls, strict=True)):
-        assert torch.equal(x, x0) == (k <= 3), k  # the skipped call 3 changes the input of call 4 on
+        assert torch.equal(x, x0) == (k <= 1), k  # the skipped call 1 changes the input of call 2 on
     assert not torch.equal(ngms.latents, base.latents)
     assert ngms.cfg_skips == {"NGMS": threshold}
     every, calls = run(pipe, s_min_uncond=threshold, s_min_uncond_all=True)
-    assert [rows for rows, _ in calls] == [2, 2, 2, 1, 1, 1]
+    assert [rows for rows, _ in calls] == [2, 1, 1, 1]
     assert every.cfg_skips == {"NGMS": threshold, "NGMS all steps": True}
 
 
@@ -334,3 +334,21 @@ def test_window_generates_with_the_settings_writes_the_keys_and_restores_them(qt
     window.apply_image_params(read_params(path))
     assert (settings.s_min_uncond, settings.s_min_uncond_all, settings.skip_early_cond) == (2.5, True, 0.2)
     assert "NGMS 2.5" in window.statusBar().currentMessage()
+
+
+def test_ddim_in_the_pipeline_compares_the_timestep(pipe):
+    """DDIM img2img, 100 steps at 0.05: A1111 runs timesteps[:5] = 1, 11, ..., 41 and calls the model at 41, 31,
+    21, 11. NGMS 12 with all steps skips only t = 11; compared with sigma (~0.25 at t = 41) it would skip all."""
+    from PIL import Image
+
+    calls = []
+    hook = pipe.unet.register_forward_pre_hook(lambda _m, a: calls.append(a[0].shape[0]))
+    try:
+        req = engine.GenerationRequest(prompt="ink", steps=100, seed=4, sampler="ddim", s_min_uncond=12.0,
+                                       s_min_uncond_all=True, init_image=Image.new("RGB", (64, 64), "gray"),
+                                       strength=0.05, **SIZE)
+        result = pipe.generate(req)
+    finally:
+        hook.remove()
+    assert calls == [2, 2, 2, 1]
+    assert result.cfg_skips == {"NGMS": 12.0, "NGMS all steps": True}
