@@ -13,7 +13,12 @@ and A1111's `modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward`:
   skipped and the cond estimate used: at 1 it is that either way; below 1 as diffusers' pipelines do
   (`do_classifier_free_guidance = guidance_scale > 1`) and the few-step LoRAs (LCM, TCD) expect;
 - the timestep is rounded to float16 before the UNet, as A1111's `sd_hijack_unet.apply_model` does for its
-  default fp16 UNet (e.g. t = 961.733 -> 961.5): the same t reaches the sinusoidal embedding on every device.
+  default fp16 UNet (e.g. t = 961.733 -> 961.5): the same t reaches the sinusoidal embedding on every device;
+- A1111's two options that skip the uncond pass on some calls (`CFGDenoiser.forward`, v1.10), see
+  `skips_uncond`: "Skip Early CFG" (opts.skip_early_cond) and "NGMS" (opts.s_min_uncond, PR #9177, with
+  opts.s_min_uncond_all). On a skipped call only the cond rows go through the UNet and the result is the
+  cond estimate: A1111 puts the cond output where the uncond one goes and combines with scale 1.0, which
+  gives u + (c - u) * 1 = c + 0 = c exactly.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ class CFGDenoiser:
         dtype: torch.dtype,
         interrupt: Callable[[], None] | None = None,
         round_t_fp16: bool = True,
+        s_min_uncond: float = 0.0,
+        s_min_uncond_all: bool = False,
+        skip_early_cond: float = 0.0,
+        total_steps: int | None = None,
+        timestep_sampler: bool = False,
     ):
         self.unet = unet
         self.schedule = schedule
@@ -55,11 +65,41 @@ class CFGDenoiser:
         self.interrupt = interrupt
         self.round_t_fp16 = round_t_fp16
         self.step = 0  # A1111's CFGDenoiser.step: denoiser calls so far
+        # --- A1111's uncond skips (skips_uncond); all off by default ---
+        if skip_early_cond and not total_steps:
+            raise ValueError("skip_early_cond needs total_steps (A1111's CFGDenoiser.total_steps)")
+        self.s_min_uncond = float(s_min_uncond)
+        self.s_min_uncond_all = bool(s_min_uncond_all)
+        self.skip_early_cond = float(skip_early_cond)
+        self.total_steps = total_steps
+        self.timestep_sampler = timestep_sampler
+        # what A1111 writes into p.extra_generation_params when a call skips ("Skip Early CFG", "NGMS",
+        # "NGMS all steps"): the infotext has these keys only if some call skipped
+        self.cfg_skips: dict[str, float | bool] = {}
 
-    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        """(B,) sigmas -> the UNet's (B,) continuous timesteps, fp16-rounded as A1111 (see module doc)."""
-        t = self.schedule.sigma_to_t(sigma.detach().float().cpu())
-        return t.half().float() if self.round_t_fp16 else t
+    def skips_uncond(self, sigma: torch.Tensor, t: torch.Tensor) -> bool:
+        """Whether this call (number `self.step`) skips the uncond pass, as A1111 v1.10's
+        `CFGDenoiser.forward` decides (and records in `cfg_skips` what it writes into the infotext):
+
+        - Skip Early CFG: while step / total_steps <= skip_early_cond (not at 0). total_steps is A1111's
+          `launch_sampling` count: the steps (img2img: t_enc + 1), doubled for second-order samplers;
+        - else NGMS: on odd calls (every call with s_min_uncond_all) while sigma[0] < s_min_uncond. A1111's
+          DDIM/PLMS/UniPC (sd_samplers_timesteps) pass the model timestep where k-diffusion passes sigma, so
+          there the timestep (e.g. 51.0, before fp16 rounding) is compared; `timestep_sampler` says which.
+        It applies whatever the CFG scale (at <= 1 the uncond pass is skipped anyway, see __call__).
+        """
+        if self.skip_early_cond != 0.0 and self.step / self.total_steps <= self.skip_early_cond:
+            self.cfg_skips["Skip Early CFG"] = self.skip_early_cond
+            return True
+        level = t if self.timestep_sampler else sigma
+        if (self.step % 2 or self.s_min_uncond_all) and self.s_min_uncond > 0 and bool(
+            level[0].float() < self.s_min_uncond
+        ):
+            self.cfg_skips["NGMS"] = self.s_min_uncond
+            if self.s_min_uncond_all:
+                self.cfg_skips["NGMS all steps"] = True
+            return True
+        return False
 
     def eps(self, x_in: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The UNet's noise prediction in float32 for an already scaled input."""
@@ -81,12 +121,13 @@ class CFGDenoiser:
         s = sigma.to(x.device).reshape(batch, 1, 1, 1)
         x_in = x / (s**2 + 1) ** 0.5  # c_in
         if timestep is None:
-            t = self.timestep(sigma)
+            t_raw = self.schedule.sigma_to_t(sigma.detach().float().cpu())
         else:
-            t = torch.as_tensor(timestep, dtype=torch.float32).detach().cpu().reshape(-1).expand(batch)
-            t = t.half().float() if self.round_t_fp16 else t
+            t_raw = torch.as_tensor(timestep, dtype=torch.float32).detach().cpu().reshape(-1).expand(batch)
+        t = t_raw.half().float() if self.round_t_fp16 else t_raw  # the UNet's time, fp16-rounded (module doc)
+        skip = self.skips_uncond(sigma, t_raw)
         cond = self.cond.at(self.step).expand(batch, -1, -1)
-        if self.cfg_scale <= 1.0:
+        if self.cfg_scale <= 1.0 or skip:
             eps = self.eps(x_in, t, cond)
             denoised = x - s * eps
         else:

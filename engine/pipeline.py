@@ -226,7 +226,8 @@ class Pipeline:
             # the second pass's sampler step count, from its schedule alone (the tensors are placeholders)
             progress.total += len(self._start(req, sampler, schedule, first, first, *hr)[0]) - 1
 
-        latents = self._sample(req, sampler, seeds, cond, uncond, image_noise, start, init, progress)
+        launch = req.steps if init is None else int(min(req.strength, 0.999) * req.steps) + 1
+        latents = self._sample(req, sampler, seeds, cond, uncond, image_noise, start, init, progress, launch)
         if hr is not None:
             latents = self._hires_pass(req, sampler, schedule, seeds, subseeds, latents, prompt, text, hr,
                                        progress)
@@ -243,7 +244,7 @@ class Pipeline:
         ti_hashes = {word: h for word, h in self.embedding_hashes.items() if word in used}
         return GenerationResult(images=pictures, seed=seed, seeds=seeds, latents=latents,
                                 lora_hashes=self.lora_hashes, ti_hashes=ti_hashes, vae_name=self.vae_name,
-                                vae_hash=self.vae_hash)
+                                vae_hash=self.vae_hash, cfg_skips=progress.cfg_skips)
 
     def _image_noise(self, req: GenerationRequest, shape: tuple[int, ...], seeds: list[int],
                      subseeds: list[int]) -> rng.ImageNoise:
@@ -252,9 +253,10 @@ class Pipeline:
 
     def _sample(self, req: GenerationRequest, sampler: str, seeds: list[int], cond, uncond,
                 image_noise: rng.ImageNoise, start: tuple, init: torch.Tensor | None,
-                progress: _Progress) -> torch.Tensor:
+                progress: _Progress, launch: int) -> torch.Tensor:
         """One sampler run from `start` = _start()'s (sigmas, full sigmas, x, kwargs): the CFG denoiser
-        (with the inpainting conditioning or blend), the step noise, the sampler. Returns the latents."""
+        (with the inpainting conditioning or blend), the step noise, the sampler. Returns the latents.
+        `launch`: the steps A1111 passes to `launch_sampling` (steps; img2img and hires: t_enc + 1)."""
         sigmas, full_sigmas, x, kwargs = start
         unet, masks = self.unet, None
         if req.mask is not None or inpaint.is_inpainting_unet(self.unet):
@@ -269,6 +271,9 @@ class Pipeline:
             req.cfg_scale,
             dtype=self.dtype,
             interrupt=progress.check_cancel,
+            s_min_uncond=req.s_min_uncond, s_min_uncond_all=req.s_min_uncond_all,  # NGMS, Skip Early CFG
+            skip_early_cond=req.skip_early_cond, total_steps=_calls(sampler, launch),
+            timestep_sampler=sampler in TIMESTEP_SAMPLERS,
         )
         if req.mask is not None and not inpaint.is_inpainting_unet(self.unet):
             denoiser = inpaint.LatentBlend(denoiser, init, masks[1].to(self.device))
@@ -277,6 +282,7 @@ class Pipeline:
             kwargs["noise"] = _step_noise(sampler, x, full_sigmas, seeds, req.rng, image_noise)
         latents = get_sampler(sampler)(denoiser, x, sigmas, callback=progress, **kwargs)
         progress.done += len(sigmas) - 1
+        progress.cfg_skips.update(denoiser.cfg_skips)
         return latents
 
     def _hires_pass(self, req: GenerationRequest, sampler: str, schedule: str, seeds: list[int],
@@ -309,7 +315,7 @@ class Pipeline:
         cond = self.conditioner.schedule(prompt, base, hires_steps=calls, **text)
         uncond = self.conditioner.schedule(req.negative_prompt, base, hires_steps=calls, **text)
         start = self._start(req, sampler, schedule, noise, latents, hr_steps, t_enc)
-        return self._sample(req, sampler, seeds, cond, uncond, image_noise, start, latents, progress)
+        return self._sample(req, sampler, seeds, cond, uncond, image_noise, start, latents, progress, t_enc + 1)
 
     def _used_embeddings(self, texts: Sequence[str], emphasis: str) -> set[str]:
         """The embedding words these texts invoke (as the conditioner matched them: on token ids), for
@@ -530,6 +536,7 @@ class _Progress:
         self.on_step, self.started, self.total, self.check_cancel = on_step, started, total, check_cancel
         self.previewer = previewer  # TAESD previews of the x0 estimate; None: the latent colour map
         self.done = 0  # steps of the passes already finished
+        self.cfg_skips: dict[str, float | bool] = {}  # the passes' CFGDenoiser.cfg_skips, for the result
 
     def __call__(self, d: dict) -> None:
         self.check_cancel()

@@ -70,6 +70,12 @@ class GenerationRequest:
     mask_blur: int = 4  # A1111's "Mask blur": Gaussian sigma in pixels of the final composite's mask edge
     masked_content: str = "original"  # A1111's "Masked content": engine.inpaint.MASKED_CONTENT
     hires: HiresFix | None = None  # A1111's hires fix (txt2img only): engine.hires
+    # --- A1111's uncond skips (engine.denoiser.CFGDenoiser.skips_uncond): infotext NGMS, NGMS all steps,
+    # Skip Early CFG. s_min_uncond: skip the uncond pass on odd calls below this sigma (all calls with
+    # s_min_uncond_all); skip_early_cond: skip it while the fraction of calls done is <= this.
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
+    skip_early_cond: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
@@ -119,6 +125,17 @@ class GenerationRequest:
                 )
         self._validate_mask()
         self._validate_hires()
+        self._validate_cfg_skips()
+
+    def _validate_cfg_skips(self) -> None:
+        if not _is_number(self.s_min_uncond) or not 0 <= self.s_min_uncond < float("inf"):
+            raise ValueError(f"s_min_uncond (NGMS) must be a number >= 0, got {self.s_min_uncond!r}")
+        if type(self.s_min_uncond_all) not in (bool, np.bool_):
+            raise ValueError(f"s_min_uncond_all must be True or False, got {self.s_min_uncond_all!r}")
+        if not _is_number(self.skip_early_cond) or not 0 <= self.skip_early_cond <= 1:
+            raise ValueError(
+                f"skip_early_cond must be a number from 0 to 1, got {self.skip_early_cond!r}"
+            )
 
     def _validate_hires(self) -> None:
         if self.hires is None:
@@ -224,3 +241,6 @@ class GenerationResult:
     ti_hashes: dict[str, str] = field(default_factory=dict)
     vae_name: str | None = None
     vae_hash: str | None = None
+    # A1111's infotext entries for the uncond skips that happened ("Skip Early CFG", "NGMS", "NGMS all
+    # steps" -> value), written only when a call skipped (engine.denoiser.CFGDenoiser.cfg_skips)
+    cfg_skips: dict[str, float | bool] = field(default_factory=dict)

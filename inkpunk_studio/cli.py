@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "prompt": None, "negative_prompt": "", "seed": None, "steps": 25, "cfg": 7.5, "sampler": "dpmpp_2m",
     "schedule": "automatic", "width": 512, "height": 512, "strength": 0.75, "clip_skip": 1, "rng": "cpu",
     "variation_seed": None, "variation_strength": 0.0, "ensd": 0, "emphasis": "original",
+    "ngms": 0.0, "ngms_all_steps": False, "skip_early_cfg": 0.0,  # A1111's uncond skips
 }
 RNG_CHOICES = ("cpu", "nv")
 EMPHASIS_CHOICES = ("original", "no_norm", "ignore", "none", "comfy")  # engine.request.EMPHASIS_MODES
@@ -63,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variation-strength", type=float, help="how much variation noise to blend in, 0..1 (default: 0)")
     p.add_argument("--ensd", type=int, help="A1111's eta noise seed delta (default: 0)")
     p.add_argument("--emphasis", choices=EMPHASIS_CHOICES, help="how (weights) apply (default: original)")
+    # A1111's uncond skips (engine.denoiser.CFGDenoiser.skips_uncond): faster, and needed to reproduce
+    # images that record them (None when not given, so --from-png's value stands)
+    p.add_argument("--ngms", type=float, help="A1111's Negative Guidance minimum sigma: skip the negative prompt on "
+                   "every other step below this sigma; faster, changes the image (default: 0, off)")
+    p.add_argument("--ngms-all-steps", action="store_const", const=True, default=None,
+                   help="with --ngms: skip on every step below the sigma, not every other one")
+    p.add_argument("--skip-early-cfg", type=float, help="A1111's Skip Early CFG: ignore the negative prompt for "
+                   "this fraction of the first steps, 0..1 (default: 0, off)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     p.add_argument("--out", required=True, type=Path, help="output .png (batches add -1, -2, ...)")
@@ -114,7 +123,8 @@ def _from_png(path: Path, args: argparse.Namespace) -> dict[str, Any] | str:
     values = {"prompt": meta.prompt, "negative_prompt": meta.negative_prompt, "seed": meta.seed, "steps": meta.steps,
               "cfg": meta.cfg_scale, "width": meta.width, "height": meta.height, "clip_skip": meta.clip_skip,
               "rng": meta.rng, "ensd": meta.ensd, "emphasis": meta.emphasis, "variation_seed": meta.variation_seed,
-              "variation_strength": meta.variation_strength}
+              "variation_strength": meta.variation_strength, "ngms": meta.s_min_uncond,
+              "ngms_all_steps": meta.s_min_uncond_all, "skip_early_cfg": meta.skip_early_cond}
     if meta.strength is not None:
         values["strength"] = meta.strength
     if meta.sampler is not None:
@@ -182,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, init_image=init_image, strength=v["strength"], clip_skip=v["clip_skip"],
             rng=v["rng"], emphasis=v["emphasis"], variation_seed=v["variation_seed"],
             variation_strength=v["variation_strength"], ensd=v["ensd"],
+            s_min_uncond=v["ngms"], s_min_uncond_all=v["ngms_all_steps"], skip_early_cond=v["skip_early_cfg"],
         )
     except ValueError as exc:
         return _fail(2, str(exc))
@@ -214,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             variation_seed=req.variation_seed + k if variation else None,
             variation_strength=float(req.variation_strength) if variation else 0.0,
         )
+        params.set_cfg_skips(result.cfg_skips)  # NGMS / Skip Early CFG: recorded when they skipped
         save_png(image, path, params)
         print(f"wrote {path} (seed {seed})")
     return 0

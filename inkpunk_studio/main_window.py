@@ -253,7 +253,10 @@ class MainWindow(QMainWindow):
         init = self.init_panel.fitted(values["width"], values["height"])
         return GenerationParams(prompt=self.prompt_panel.prompt(), negative_prompt=self.prompt_panel.negative_prompt(),
                                 init_image=init, strength=self.init_panel.strength(), rng=self.settings.rng,
-                                ensd=self.settings.ensd, emphasis=self.settings.emphasis, **values)
+                                ensd=self.settings.ensd, emphasis=self.settings.emphasis,
+                                s_min_uncond=self.settings.s_min_uncond,  # NGMS, Skip Early CFG
+                                s_min_uncond_all=self.settings.s_min_uncond_all,
+                                skip_early_cond=self.settings.skip_early_cond, **values)
 
     def set_params(self, params: GenerationParams) -> list[str]:
         """Set the panels from ``params`` (the Settings' rng/ensd/emphasis are not touched)."""
@@ -291,11 +294,14 @@ class MainWindow(QMainWindow):
         return notes
 
     def _restore_sampling_settings(self, meta: ImageParams, notes: list[str]) -> list[str]:
-        """The Settings an image records (RNG, ENSD, emphasis), set as A1111's override settings would be;
+        """The Settings an image records (RNG, ENSD, emphasis, NGMS, Skip Early CFG), set as A1111's override settings would be;
         returns what changed, in words."""
         changed: list[str] = []
         for name, value, label in (("rng", meta.rng, "random numbers"), ("ensd", meta.ensd, "ENSD"),
-                                   ("emphasis", meta.emphasis, "emphasis")):
+                                   ("emphasis", meta.emphasis, "emphasis"),
+                                   ("s_min_uncond", meta.s_min_uncond, "NGMS"),
+                                   ("s_min_uncond_all", meta.s_min_uncond_all, "NGMS all steps"),
+                                   ("skip_early_cond", meta.skip_early_cond, "Skip Early CFG")):
             if getattr(self.settings, name) == value:
                 continue
             try:

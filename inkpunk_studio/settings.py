@@ -23,6 +23,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 RNG_SOURCES = ("cpu", "nv")  # A1111's "CPU" and its Philox emulation of CUDA's randn ("NV"/"GPU")
 EMPHASIS_MODES = ("original", "no_norm", "ignore", "none", "comfy")  # engine.prompt.EMPHASIS_MODES
 MAX_ENSD = 2**63 - 1  # engine.request: ENSD shares the seed range
+MAX_NGMS = 15.0  # A1111's "Negative Guidance minimum sigma" slider maximum (shared_options.py s_min_uncond)
 DECODERS = ("vae", "taesd")  # engine.request.DECODERS: the full VAE, or the tiny autoencoder (TAESD)
 FAST_LORAS = ("lcm", "tcd", "hyper")  # inkpunk_studio.fast_mode.FEW_STEP_LORAS
 
@@ -164,6 +165,45 @@ class AppSettings:
         if value not in EMPHASIS_MODES:
             raise ValueError(f"emphasis must be one of {', '.join(EMPHASIS_MODES)}, got {value!r}")
         self._s.setValue("sampling/emphasis", value)
+
+    # --- A1111's uncond skips (engine.denoiser): "NGMS", "NGMS all steps", "Skip Early CFG"
+    def _float(self, key: str, low: float, high: float) -> float:
+        try:
+            number = float(self._s.value(key, 0.0))
+        except (TypeError, ValueError):
+            return 0.0
+        return number if low <= number <= high else 0.0
+
+    @property
+    def s_min_uncond(self) -> float:
+        """A1111's Negative Guidance minimum sigma (opts.s_min_uncond; 0: off)."""
+        return self._float("sampling/ngms", 0.0, MAX_NGMS)
+
+    @s_min_uncond.setter
+    def s_min_uncond(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_NGMS:
+            raise ValueError(f"NGMS must be a number from 0 to {MAX_NGMS:g}, got {value!r}")
+        self._s.setValue("sampling/ngms", float(value))
+
+    @property
+    def s_min_uncond_all(self) -> bool:
+        """NGMS on every step below the sigma, not every other one (opts.s_min_uncond_all)."""
+        return self._bool("sampling/ngms_all_steps", False)
+
+    @s_min_uncond_all.setter
+    def s_min_uncond_all(self, value: bool) -> None:
+        self._s.setValue("sampling/ngms_all_steps", bool(value))
+
+    @property
+    def skip_early_cond(self) -> float:
+        """A1111's Skip Early CFG: the fraction of first steps without the negative prompt (0: off)."""
+        return self._float("sampling/skip_early_cfg", 0.0, 1.0)
+
+    @skip_early_cond.setter
+    def skip_early_cond(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"Skip Early CFG must be a number from 0 to 1, got {value!r}")
+        self._s.setValue("sampling/skip_early_cfg", float(value))
 
     # --- fast mode (inkpunk_studio.fast_mode)
     def _bool(self, key: str, default: bool) -> bool:

@@ -74,6 +74,10 @@ class GenerationParams:
     rng: str = "cpu"
     ensd: int = 0
     emphasis: str = "original"
+    # A1111's uncond skips "Skip Early CFG", "NGMS", "NGMS all steps", from the Settings (engine.denoiser)
+    skip_early_cond: float = 0.0
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
     # networks, resolved from the prompt and Settings by inkpunk_studio.networks (not saved with the params)
     loras: tuple = ()  # GenerationRequest.loras entries: (path, te_weight, unet_weight)
     embeddings: tuple = ()  # embedding files to have loaded (their words appear in the prompts)
@@ -100,7 +104,7 @@ class GenerationParams:
     _PLAIN = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
               "batch_count", "strength", "schedule", "clip_skip", "variation_seed", "variation_strength", "rng",
               "ensd", "emphasis", "hires", "hires_scale", "hires_steps", "hires_denoise", "hires_upscaler",
-              "only_masked", "mask_padding")
+              "only_masked", "mask_padding", "skip_early_cond", "s_min_uncond", "s_min_uncond_all")
     _OPTIONAL_INTS = ("seed", "variation_seed")
 
     @property
@@ -132,6 +136,8 @@ class GenerationParams:
             variation_seed=self.variation_seed if variation_seed is None else variation_seed,
             variation_strength=self.variation_strength, ensd=self.ensd, loras=self.loras,
             decoder=self.decoder, mask=mask, mask_blur=mask_blur,
+            skip_early_cond=self.skip_early_cond, s_min_uncond=self.s_min_uncond,
+            s_min_uncond_all=self.s_min_uncond_all,
             **self._hires_request(), **self._masked_content_request())
 
     @property
@@ -406,6 +412,7 @@ class GenerationWorker(QObject):
             model_hash = ""
         meta = params.image_params(result.seed, self._pipe.model_name, model_hash, variation_seed)
         networks.record_networks(meta, result)
+        meta.set_cfg_skips(getattr(result, "cfg_skips", {}))  # NGMS / Skip Early CFG, only if they skipped
         return meta
 
     def _keep(self, job: GenerationJob, result: Any, index: int, saved: list[str],

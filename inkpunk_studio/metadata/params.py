@@ -45,6 +45,8 @@ _EMPHASIS_FROM_LABEL = {v.lower(): k for k, v in EMPHASIS_LABELS.items()}
 _FIELD_KEYS = {"Steps", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE hash", "VAE", "Variation seed",
                "Variation seed strength", "Clip skip", "ENSD", "RNG", "Emphasis", "Lora hashes", "TI hashes",
                "Version", "Negative prompt", "Prompt"}
+_CFG_SKIP_KEYS = {"Skip Early CFG", "NGMS", "NGMS all steps"}  # the ImageParams uncond-skip fields below
+_FIELD_KEYS |= _CFG_SKIP_KEYS
 
 
 @dataclass
@@ -79,6 +81,11 @@ class ImageParams:
     vae_name: str = ""
     vae_hash: str = ""
     version: str = ""
+    # --- A1111's uncond skips (opts.skip_early_cond, s_min_uncond, s_min_uncond_all; engine.denoiser): what
+    # an image records is what its generation used (set_cfg_skips), as A1111 v1.10 writes the keys only then
+    skip_early_cond: float = 0.0  # "Skip Early CFG"
+    s_min_uncond: float = 0.0  # "NGMS"
+    s_min_uncond_all: bool = False  # "NGMS all steps"
     notes: list[str] = field(default_factory=list, compare=False)
 
     @property
@@ -126,11 +133,31 @@ class ImageParams:
         written = {k for k, _ in items}
         items += [(str(k), str(v)) for k, v in self.extra.items()
                   if k not in written and k not in _FIELD_KEYS and _is_key(str(k))]
+        items += self._cfg_skip_items()
         if self.version:
             items.append(("Version", self.version))
         settings = ", ".join(f"{k}: {_quote(v)}" for k, v in items)
         negative = f"\nNegative prompt: {self.negative_prompt}" if self.negative_prompt else ""
         return f"{self.prompt}{negative}\n{settings}"
+
+    def _cfg_skip_items(self) -> list[tuple[str, str]]:
+        """A1111 CFGDenoiser.forward puts these into extra_generation_params during sampling (after the keys set
+        before it), Skip Early CFG at the first call, NGMS at the first skip it makes."""
+        items = []
+        if self.skip_early_cond:
+            items.append(("Skip Early CFG", _fmt_float(self.skip_early_cond)))
+        if self.s_min_uncond:
+            items.append(("NGMS", _fmt_float(self.s_min_uncond)))
+            if self.s_min_uncond_all:
+                items.append(("NGMS all steps", "True"))
+        return items
+
+    def set_cfg_skips(self, skips: dict[str, Any]) -> None:
+        """Record the uncond skips a generation made (engine GenerationResult.cfg_skips: "Skip Early CFG",
+        "NGMS", "NGMS all steps" -> value); a setting that skipped nothing is not recorded, as in A1111."""
+        self.skip_early_cond = float(skips.get("Skip Early CFG", 0.0))
+        self.s_min_uncond = float(skips.get("NGMS", 0.0))
+        self.s_min_uncond_all = bool(skips.get("NGMS all steps", False))
 
     def stored_extra(self) -> dict[str, str]:
         """``extra`` plus the A1111 keys of the fields a row with the original columns (prompt, negative, seed,
@@ -263,6 +290,7 @@ def apply_a1111(p: ImageParams, raw: dict[str, str]) -> None:
                 del rest[key]
             else:
                 p.notes.append(f"{key} {rest[key]!r} is not available")
+    _apply_cfg_skips(p, take, rest)
     if hires:
         p.notes.append("the hires fix settings are not restored")
     if "Variation seed" in rest or "Variation seed strength" in rest:
@@ -276,6 +304,14 @@ def apply_a1111(p: ImageParams, raw: dict[str, str]) -> None:
     _apply_sampler(p, rest)
     p.notes += _backcompat_notes(p, rest)
     p.extra = rest
+
+
+def _apply_cfg_skips(p: ImageParams, take: Callable[..., Any], rest: dict[str, str]) -> None:
+    """NGMS, NGMS all steps, Skip Early CFG (A1111 options with these infotext names; missing: off)."""
+    p.s_min_uncond = take("NGMS", float, lambda v: math.isfinite(v) and v >= 0) or 0.0
+    p.skip_early_cond = take("Skip Early CFG", float, lambda v: 0 <= v <= 1) or 0.0
+    if "NGMS all steps" in rest:
+        p.s_min_uncond_all = rest.pop("NGMS all steps").strip().lower() == "true"
 
 
 def _backcompat_notes(p: ImageParams, rest: dict[str, str]) -> list[str]:

@@ -1,5 +1,6 @@
 """The Settings dialog: checkpoint, device, precision, VAE, extra model folders, output folder, live preview,
-the sampling settings A1111 keeps in its settings too (random number source, ENSD, emphasis mode), and fast
+the sampling settings A1111 keeps in its settings too (random number source, ENSD, emphasis mode, NGMS and Skip
+Early CFG), and fast
 mode's choices (the few-step LoRA, the decoder in and out of fast mode, TAESD's download)."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -27,7 +29,16 @@ from PySide6.QtWidgets import (
 )
 
 from .. import paths
-from ..settings import DECODERS, DEVICES, EMPHASIS_MODES, FAST_LORAS, PRECISIONS, RNG_SOURCES, AppSettings
+from ..settings import (
+    DECODERS,
+    DEVICES,
+    EMPHASIS_MODES,
+    FAST_LORAS,
+    MAX_NGMS,
+    PRECISIONS,
+    RNG_SOURCES,
+    AppSettings,
+)
 
 AUTOMATIC_VAE = "Automatic (from the checkpoint)"
 CHECKPOINT_FILTER = "Stable Diffusion checkpoints (*.safetensors *.ckpt);;All files (*)"
@@ -61,13 +72,20 @@ class SettingsValues:
     decoder: str = "vae"  # the final decode outside fast mode
     fast_decoder: str = "taesd"  # ... and in fast mode
     fast_lora: str = "lcm"
+    # A1111's uncond skips: "NGMS", "NGMS all steps", "Skip Early CFG"
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
+    skip_early_cond: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: AppSettings) -> SettingsValues:
-        return cls(settings.checkpoint, settings.device, settings.precision, settings.output_dir,
-                   settings.preview_enabled, settings.rng, settings.ensd, settings.emphasis,
-                   settings.vae, tuple(settings.model_folders), settings.decoder, settings.fast_decoder,
-                   settings.fast_lora)
+        values = cls(settings.checkpoint, settings.device, settings.precision, settings.output_dir,
+                     settings.preview_enabled, settings.rng, settings.ensd, settings.emphasis,
+                     settings.vae, tuple(settings.model_folders), settings.decoder, settings.fast_decoder,
+                     settings.fast_lora)
+        values.s_min_uncond, values.s_min_uncond_all = settings.s_min_uncond, settings.s_min_uncond_all
+        values.skip_early_cond = settings.skip_early_cond
+        return values
 
     def save(self, settings: AppSettings) -> None:
         settings.checkpoint = self.checkpoint
@@ -83,6 +101,8 @@ class SettingsValues:
         settings.decoder = self.decoder
         settings.fast_decoder = self.fast_decoder
         settings.fast_lora = self.fast_lora
+        settings.s_min_uncond, settings.s_min_uncond_all = self.s_min_uncond, self.s_min_uncond_all
+        settings.skip_early_cond = self.skip_early_cond
         settings.sync()
 
 
@@ -143,6 +163,7 @@ class SettingsDialog(QDialog):
                                   "samplers add (A1111's ENSD; 0 = off)")
         self.emphasis_combo = self._choices("emphasisCombo", EMPHASIS_MODES, EMPHASIS_LABELS, values.emphasis)
         self.emphasis_combo.setToolTip("How (weights) in the prompt are applied (A1111's Emphasis mode)")
+        self._make_cfg_skip_widgets(values)
 
         self.fast_lora_combo = self._choices("fastLoraCombo", FAST_LORAS, FAST_LORA_LABELS, values.fast_lora)
         self.fast_lora_combo.setToolTip("The few-step LoRA the Fast switch uses (downloaded on first use)")
@@ -177,6 +198,8 @@ class SettingsDialog(QDialog):
         form.addRow("Random numbers", self.rng_combo)
         form.addRow("ENSD", self.ensd_spin)
         form.addRow("Emphasis", self.emphasis_combo)
+        form.addRow("NGMS", self.ngms_row)
+        form.addRow("Skip Early CFG", self.skip_early_cfg_spin)
         form.addRow("Fast mode LoRA", self.fast_lora_combo)
         form.addRow("Decoder", self.decoder_combo)
         form.addRow("Decoder in fast mode", self.fast_decoder_combo)
@@ -207,6 +230,39 @@ class SettingsDialog(QDialog):
                                      "that look like the picture at every step and a much faster final decode. "
                                      "Not downloaded yet: without it the full VAE decodes.")
         self.taesd_button.setVisible(not path)
+
+    def _make_cfg_skip_widgets(self, values: SettingsValues) -> None:
+        """A1111's uncond skips (engine.denoiser): each skipped step runs the UNet on half the rows."""
+        self.ngms_spin = QDoubleSpinBox(self)
+        self.ngms_spin.setObjectName("ngmsSpin")
+        self.ngms_spin.setRange(0.0, MAX_NGMS)
+        self.ngms_spin.setDecimals(2)
+        self.ngms_spin.setSingleStep(0.1)
+        self.ngms_spin.setValue(values.s_min_uncond)
+        self.ngms_spin.setSpecialValueText("Off")
+        self.ngms_spin.setToolTip("Negative Guidance minimum sigma (A1111's NGMS): below this noise level, skip "
+                                  "the negative prompt on every other step. Faster (those steps cost about half), "
+                                  "but the late details follow the negative prompt less. 0 = off")
+        self.ngms_all_steps_check = QCheckBox("all steps", self)
+        self.ngms_all_steps_check.setObjectName("ngmsAllStepsCheck")
+        self.ngms_all_steps_check.setChecked(values.s_min_uncond_all)
+        self.ngms_all_steps_check.setToolTip("NGMS skips the negative prompt on every step below the sigma, not "
+                                             "every other one: faster still, further from the full result")
+        self.ngms_row = QWidget(self)
+        row = QHBoxLayout(self.ngms_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.ngms_spin, 1)
+        row.addWidget(self.ngms_all_steps_check)
+        self.skip_early_cfg_spin = QDoubleSpinBox(self)
+        self.skip_early_cfg_spin.setObjectName("skipEarlyCfgSpin")
+        self.skip_early_cfg_spin.setRange(0.0, 1.0)
+        self.skip_early_cfg_spin.setDecimals(2)
+        self.skip_early_cfg_spin.setSingleStep(0.05)
+        self.skip_early_cfg_spin.setValue(values.skip_early_cond)
+        self.skip_early_cfg_spin.setSpecialValueText("Off")
+        self.skip_early_cfg_spin.setToolTip("A1111's Skip Early CFG: ignore the negative prompt (no guidance) for "
+                                            "this fraction of the first steps. Faster and can add variety, but "
+                                            "the composition follows the prompts less. 0 = off")
 
     def _choices(self, name: str, keys: tuple[str, ...], labels: dict[str, str], current: str) -> QComboBox:
         combo = QComboBox(self)
@@ -263,5 +319,8 @@ class SettingsDialog(QDialog):
                               decoder=self.decoder_combo.currentData(),
                               fast_decoder=self.fast_decoder_combo.currentData(),
                               fast_lora=self.fast_lora_combo.currentData(),
+                              s_min_uncond=self.ngms_spin.value(),
+                              s_min_uncond_all=self.ngms_all_steps_check.isChecked(),
+                              skip_early_cond=self.skip_early_cfg_spin.value(),
                               model_folders=tuple(line.strip() for line in self.folders_edit.toPlainText().splitlines()
                                                   if line.strip()))
