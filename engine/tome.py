@@ -19,6 +19,7 @@ A ratio of 0 leaves no trace: the blocks hold `tome = None` and run their usual 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -43,7 +44,7 @@ def check_ratio(ratio: float, name: str = "token merging ratio") -> float:
     tomesd itself caps what a ratio can do (at most the 3/4 of the tokens that are not 2x2-grid
     destinations are merged), so 0.75-0.99 all merge the same; A1111's slider stops at 0.9.
     """
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
         raise ValueError(f"{name} must be a number, got {ratio!r}")  # noqa: TRY004
     if not (math.isfinite(ratio) and 0 <= ratio < 1):
         raise ValueError(f"{name} must be at least 0 and below 1, got {ratio}")

@@ -9,12 +9,16 @@ its `make_diffusers_tome_block`).
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import tomesd
 import torch
+from test_models_parity import reference_models, rel_err
 
+import engine
 from engine.checkpoint import load_models, read_state_dict
+from engine.hires import HiresFix
 from engine.testing import write_random_checkpoint
 from engine.tome import (
     TokenMerging,
@@ -25,7 +29,6 @@ from engine.tome import (
     token_merging,
     token_merging_ratio,
 )
-from tests.test_models_parity import reference_models, rel_err
 
 TOL = 1e-4
 
@@ -137,3 +140,49 @@ def test_hires_ratio_falls_back_to_the_first_pass():
     assert hires_ratio(0.5, 0.0) == 0.5
     assert hires_ratio(0.5, 0.3) == 0.3
     assert hires_ratio(0.0, 0.0) == 0.0
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    ckpt = write_random_checkpoint(tmp_path_factory.mktemp("tome_pipe") / "tiny.safetensors", seed=4)
+    return engine.load_pipeline(ckpt, device="cpu", dtype="fp32")
+
+
+def test_generate_applies_the_ratios_per_pass_and_removes_them(pipe):
+    seen = []
+
+    def on_step(event):  # runs inside the sampler: sees the ratio the UNet runs with
+        seen.append(token_merging_ratio(pipe.unet))
+
+    common = {"width": 64, "height": 64, "steps": 3, "seed": 5, "sampler": "euler"}
+    plain = pipe.generate(engine.GenerationRequest("a lighthouse", **common)).latents
+    merged = pipe.generate(engine.GenerationRequest("a lighthouse", token_merging_ratio=0.5, **common),
+                           on_step=on_step).latents
+    assert seen == [0.5] * 3 and token_merging_ratio(pipe.unet) == 0
+    assert not torch.equal(plain, merged)
+
+    fix = HiresFix(scale=1.5, steps=2, denoise=0.5, upscaler="Latent")
+    for ratio, ratio_hr, expected in [(0.5, 0.0, [0.5] * 5), (0.0, 0.3, [0.0] * 3 + [0.3] * 2),
+                                      (0.4, 0.2, [0.4] * 3 + [0.2] * 2)]:
+        seen.clear()
+        req = engine.GenerationRequest("a lighthouse", hires=fix, token_merging_ratio=ratio,
+                                       token_merging_ratio_hr=ratio_hr, **common)
+        pipe.generate(req, on_step=on_step)
+        assert seen == expected and token_merging_ratio(pipe.unet) == 0
+
+
+def test_cancel_removes_token_merging(pipe):
+    cancel = threading.Event()
+    req = engine.GenerationRequest("a lighthouse", width=64, height=64, steps=4, seed=1,
+                                   token_merging_ratio=0.5)
+    with pytest.raises(engine.Cancelled):
+        pipe.generate(req, on_step=lambda event: cancel.set(), cancel=cancel)
+    assert token_merging_ratio(pipe.unet) == 0 and pipe.unet.tome is None
+
+
+@pytest.mark.parametrize("bad", [-0.5, 1, float("nan"), "0.5", None, True])
+@pytest.mark.parametrize("name", ["token_merging_ratio", "token_merging_ratio_hr"])
+def test_request_validates_ratios(name, bad):
+    with pytest.raises(ValueError, match=name):
+        engine.GenerationRequest("x", **{name: bad})
+    assert engine.GenerationRequest("x", **{name: 0.9}).__dict__[name] == 0.9
