@@ -253,7 +253,9 @@ class MainWindow(QMainWindow):
         init = self.init_panel.fitted(values["width"], values["height"])
         return GenerationParams(prompt=self.prompt_panel.prompt(), negative_prompt=self.prompt_panel.negative_prompt(),
                                 init_image=init, strength=self.init_panel.strength(), rng=self.settings.rng,
-                                ensd=self.settings.ensd, emphasis=self.settings.emphasis, **values)
+                                ensd=self.settings.ensd, emphasis=self.settings.emphasis,
+                                token_merging_ratio=self.settings.token_merging_ratio,
+                                token_merging_ratio_hr=self.settings.token_merging_ratio_hr, **values)
 
     def set_params(self, params: GenerationParams) -> list[str]:
         """Set the panels from ``params`` (the Settings' rng/ensd/emphasis are not touched)."""
@@ -291,11 +293,15 @@ class MainWindow(QMainWindow):
         return notes
 
     def _restore_sampling_settings(self, meta: ImageParams, notes: list[str]) -> list[str]:
-        """The Settings an image records (RNG, ENSD, emphasis), set as A1111's override settings would be;
-        returns what changed, in words."""
+        """The Settings an image records (RNG, ENSD, emphasis, token merging), set as A1111's override settings
+        would be; returns what changed, in words."""
         changed: list[str] = []
+        # token merging: A1111 writes the hires pass's ratio even when it is the first pass's (0 here: the same)
+        hr = 0.0 if meta.token_merging_ratio_hr == meta.token_merging_ratio else meta.token_merging_ratio_hr
+        tome = (("token_merging_ratio", meta.token_merging_ratio, "token merging ratio"),
+                ("token_merging_ratio_hr", hr, "token merging ratio (hires)"))
         for name, value, label in (("rng", meta.rng, "random numbers"), ("ensd", meta.ensd, "ENSD"),
-                                   ("emphasis", meta.emphasis, "emphasis")):
+                                   ("emphasis", meta.emphasis, "emphasis"), *tome):
             if getattr(self.settings, name) == value:
                 continue
             try:

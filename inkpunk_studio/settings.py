@@ -23,6 +23,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 RNG_SOURCES = ("cpu", "nv")  # A1111's "CPU" and its Philox emulation of CUDA's randn ("NV"/"GPU")
 EMPHASIS_MODES = ("original", "no_norm", "ignore", "none", "comfy")  # engine.prompt.EMPHASIS_MODES
 MAX_ENSD = 2**63 - 1  # engine.request: ENSD shares the seed range
+MAX_TOKEN_MERGING = 0.9  # A1111's slider; engine.tome takes 0 <= ratio < 1
 DECODERS = ("vae", "taesd")  # engine.request.DECODERS: the full VAE, or the tiny autoencoder (TAESD)
 FAST_LORAS = ("lcm", "tcd", "hyper")  # inkpunk_studio.fast_mode.FEW_STEP_LORAS
 
@@ -164,6 +165,37 @@ class AppSettings:
         if value not in EMPHASIS_MODES:
             raise ValueError(f"emphasis must be one of {', '.join(EMPHASIS_MODES)}, got {value!r}")
         self._s.setValue("sampling/emphasis", value)
+
+    # --- token merging (engine.tome; A1111's "Token merging ratio" and "... hr", Settings > Optimizations)
+    @property
+    def token_merging_ratio(self) -> float:
+        """The share of the first UNet level's self-attention tokens merged (0: off)."""
+        return self._ratio("sampling/token_merging_ratio")
+
+    @token_merging_ratio.setter
+    def token_merging_ratio(self, value: float) -> None:
+        self._set_ratio("sampling/token_merging_ratio", value)
+
+    @property
+    def token_merging_ratio_hr(self) -> float:
+        """The hires pass's ratio (0: the same as token_merging_ratio)."""
+        return self._ratio("sampling/token_merging_ratio_hr")
+
+    @token_merging_ratio_hr.setter
+    def token_merging_ratio_hr(self, value: float) -> None:
+        self._set_ratio("sampling/token_merging_ratio_hr", value)
+
+    def _ratio(self, key: str) -> float:
+        try:
+            number = float(self._s.value(key, 0.0))
+        except (TypeError, ValueError):
+            return 0.0
+        return number if 0 <= number <= MAX_TOKEN_MERGING else 0.0  # also NaN -> 0
+
+    def _set_ratio(self, key: str, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_TOKEN_MERGING:
+            raise ValueError(f"token merging ratio must be a number from 0 to {MAX_TOKEN_MERGING}, got {value!r}")
+        self._s.setValue(key, float(value))
 
     # --- fast mode (inkpunk_studio.fast_mode)
     def _bool(self, key: str, default: bool) -> bool:

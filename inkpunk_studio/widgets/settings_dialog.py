@@ -1,6 +1,7 @@
 """The Settings dialog: checkpoint, device, precision, VAE, extra model folders, output folder, live preview,
 the sampling settings A1111 keeps in its settings too (random number source, ENSD, emphasis mode), and fast
-mode's choices (the few-step LoRA, the decoder in and out of fast mode, TAESD's download)."""
+mode's choices (the few-step LoRA, the decoder in and out of fast mode, TAESD's download), and A1111's token
+merging ratios."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -27,7 +29,16 @@ from PySide6.QtWidgets import (
 )
 
 from .. import paths
-from ..settings import DECODERS, DEVICES, EMPHASIS_MODES, FAST_LORAS, PRECISIONS, RNG_SOURCES, AppSettings
+from ..settings import (
+    DECODERS,
+    DEVICES,
+    EMPHASIS_MODES,
+    FAST_LORAS,
+    MAX_TOKEN_MERGING,
+    PRECISIONS,
+    RNG_SOURCES,
+    AppSettings,
+)
 
 AUTOMATIC_VAE = "Automatic (from the checkpoint)"
 CHECKPOINT_FILTER = "Stable Diffusion checkpoints (*.safetensors *.ckpt);;All files (*)"
@@ -61,13 +72,19 @@ class SettingsValues:
     decoder: str = "vae"  # the final decode outside fast mode
     fast_decoder: str = "taesd"  # ... and in fast mode
     fast_lora: str = "lcm"
+    # token merging (engine.tome): A1111's "Token merging ratio" and "... hr" (0: the same as the first)
+    token_merging_ratio: float = 0.0
+    token_merging_ratio_hr: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: AppSettings) -> SettingsValues:
-        return cls(settings.checkpoint, settings.device, settings.precision, settings.output_dir,
-                   settings.preview_enabled, settings.rng, settings.ensd, settings.emphasis,
-                   settings.vae, tuple(settings.model_folders), settings.decoder, settings.fast_decoder,
-                   settings.fast_lora)
+        values = cls(settings.checkpoint, settings.device, settings.precision, settings.output_dir,
+                     settings.preview_enabled, settings.rng, settings.ensd, settings.emphasis,
+                     settings.vae, tuple(settings.model_folders), settings.decoder, settings.fast_decoder,
+                     settings.fast_lora)
+        values.token_merging_ratio = settings.token_merging_ratio
+        values.token_merging_ratio_hr = settings.token_merging_ratio_hr
+        return values
 
     def save(self, settings: AppSettings) -> None:
         settings.checkpoint = self.checkpoint
@@ -83,6 +100,8 @@ class SettingsValues:
         settings.decoder = self.decoder
         settings.fast_decoder = self.fast_decoder
         settings.fast_lora = self.fast_lora
+        settings.token_merging_ratio = self.token_merging_ratio
+        settings.token_merging_ratio_hr = self.token_merging_ratio_hr
         settings.sync()
 
 
@@ -144,6 +163,15 @@ class SettingsDialog(QDialog):
         self.emphasis_combo = self._choices("emphasisCombo", EMPHASIS_MODES, EMPHASIS_LABELS, values.emphasis)
         self.emphasis_combo.setToolTip("How (weights) in the prompt are applied (A1111's Emphasis mode)")
 
+        self.token_merging_spin = self._ratio_spin(
+            "tokenMergingSpin", values.token_merging_ratio,
+            "Token merging (ToMe; A1111's Token merging ratio): merges similar tokens in the UNet's largest "
+            "self-attention, trading a little detail for speed, most noticeable on CPUs. 0 = off")
+        self.token_merging_hr_spin = self._ratio_spin(
+            "tokenMergingHrSpin", values.token_merging_ratio_hr,
+            "The token merging ratio of the hires fix pass (A1111's Token merging ratio for high-res pass); "
+            "0 = the same as Token merging ratio")
+
         self.fast_lora_combo = self._choices("fastLoraCombo", FAST_LORAS, FAST_LORA_LABELS, values.fast_lora)
         self.fast_lora_combo.setToolTip("The few-step LoRA the Fast switch uses (downloaded on first use)")
         self.decoder_combo = self._choices("decoderCombo", DECODERS, DECODER_LABELS, values.decoder)
@@ -177,6 +205,8 @@ class SettingsDialog(QDialog):
         form.addRow("Random numbers", self.rng_combo)
         form.addRow("ENSD", self.ensd_spin)
         form.addRow("Emphasis", self.emphasis_combo)
+        form.addRow("Token merging ratio", self.token_merging_spin)
+        form.addRow("Token merging ratio (hires)", self.token_merging_hr_spin)
         form.addRow("Fast mode LoRA", self.fast_lora_combo)
         form.addRow("Decoder", self.decoder_combo)
         form.addRow("Decoder in fast mode", self.fast_decoder_combo)
@@ -215,6 +245,16 @@ class SettingsDialog(QDialog):
             combo.addItem(labels.get(key, key), key)
         combo.setCurrentIndex(max(0, combo.findData(current)))
         return combo
+
+    def _ratio_spin(self, name: str, value: float, tip: str) -> QDoubleSpinBox:
+        spin = QDoubleSpinBox(self)
+        spin.setObjectName(name)
+        spin.setRange(0.0, MAX_TOKEN_MERGING)
+        spin.setSingleStep(0.1)
+        spin.setDecimals(2)
+        spin.setValue(value)
+        spin.setToolTip(tip)
+        return spin
 
     def _pair(self, edit: QLineEdit, button: QPushButton) -> QWidget:
         box = QWidget(self)
@@ -263,5 +303,7 @@ class SettingsDialog(QDialog):
                               decoder=self.decoder_combo.currentData(),
                               fast_decoder=self.fast_decoder_combo.currentData(),
                               fast_lora=self.fast_lora_combo.currentData(),
+                              token_merging_ratio=round(self.token_merging_spin.value(), 2),
+                              token_merging_ratio_hr=round(self.token_merging_hr_spin.value(), 2),
                               model_folders=tuple(line.strip() for line in self.folders_edit.toPlainText().splitlines()
                                                   if line.strip()))
