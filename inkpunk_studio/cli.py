@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "schedule": "automatic", "width": 512, "height": 512, "strength": 0.75, "clip_skip": 1, "rng": "cpu",
     "variation_seed": None, "variation_strength": 0.0, "ensd": 0, "emphasis": "original",
 }
+DEFAULTS["token_merging_ratio"] = 0.0  # A1111's token merging (engine.tome)
 RNG_CHOICES = ("cpu", "nv")
 EMPHASIS_CHOICES = ("original", "no_norm", "ignore", "none", "comfy")  # engine.request.EMPHASIS_MODES
 
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variation-strength", type=float, help="how much variation noise to blend in, 0..1 (default: 0)")
     p.add_argument("--ensd", type=int, help="A1111's eta noise seed delta (default: 0)")
     p.add_argument("--emphasis", choices=EMPHASIS_CHOICES, help="how (weights) apply (default: original)")
+    p.add_argument("--token-merging-ratio", type=float, metavar="RATIO",
+                   help="A1111's token merging, 0 <= RATIO < 1: faster steps for a little detail (default: 0, off)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     p.add_argument("--out", required=True, type=Path, help="output .png (batches add -1, -2, ...)")
@@ -115,6 +118,7 @@ def _from_png(path: Path, args: argparse.Namespace) -> dict[str, Any] | str:
               "cfg": meta.cfg_scale, "width": meta.width, "height": meta.height, "clip_skip": meta.clip_skip,
               "rng": meta.rng, "ensd": meta.ensd, "emphasis": meta.emphasis, "variation_seed": meta.variation_seed,
               "variation_strength": meta.variation_strength}
+    values["token_merging_ratio"] = meta.token_merging_ratio
     if meta.strength is not None:
         values["strength"] = meta.strength
     if meta.sampler is not None:
@@ -182,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, init_image=init_image, strength=v["strength"], clip_skip=v["clip_skip"],
             rng=v["rng"], emphasis=v["emphasis"], variation_seed=v["variation_seed"],
             variation_strength=v["variation_strength"], ensd=v["ensd"],
+            token_merging_ratio=v["token_merging_ratio"],
         )
     except ValueError as exc:
         return _fail(2, str(exc))
@@ -213,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             ensd=req.ensd, emphasis=req.emphasis,
             variation_seed=req.variation_seed + k if variation else None,
             variation_strength=float(req.variation_strength) if variation else 0.0,
+            token_merging_ratio=req.token_merging_ratio,
         )
         save_png(image, path, params)
         print(f"wrote {path} (seed {seed})")

@@ -14,6 +14,7 @@ import threading
 import pytest
 import tomesd
 import torch
+from PIL import Image
 from test_models_parity import reference_models, rel_err
 
 import engine
@@ -186,3 +187,22 @@ def test_request_validates_ratios(name, bad):
     with pytest.raises(ValueError, match=name):
         engine.GenerationRequest("x", **{name: bad})
     assert engine.GenerationRequest("x", **{name: 0.9}).__dict__[name] == 0.9
+
+
+def test_cli_flag_is_used_recorded_and_read_back(tmp_path, capsys):
+    from inkpunk_studio.cli import main
+    from inkpunk_studio.metadata import read_params
+
+    ckpt = tmp_path / "tiny.safetensors"
+    write_random_checkpoint(ckpt, seed=4)
+    common = ["--checkpoint", str(ckpt), "--prompt", "x", "--seed", "3", "--steps", "2", "--width", "64",
+              "--height", "64", "--sampler", "euler"]
+    assert main([*common, "--token-merging-ratio", "0.5", "--out", str(tmp_path / "a.png")]) == 0
+    assert read_params(tmp_path / "a.png").token_merging_ratio == 0.5
+    # --from-png reproduces the image, ratio included
+    assert main(["--checkpoint", str(ckpt), "--from-png", str(tmp_path / "a.png"), "--out",
+                 str(tmp_path / "b.png")]) == 0
+    with Image.open(tmp_path / "a.png") as a, Image.open(tmp_path / "b.png") as b:
+        assert a.tobytes() == b.tobytes() and "Token merging ratio: 0.5" in b.text["parameters"]
+    assert main([*common, "--token-merging-ratio", "1.5", "--out", str(tmp_path / "c.png")]) == 2
+    assert "token_merging_ratio" in capsys.readouterr().err and not (tmp_path / "c.png").exists()
