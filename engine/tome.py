@@ -69,6 +69,22 @@ def _partition(h: int, w: int, device: torch.device) -> torch.Tensor:
     return idx_buffer.reshape(1, -1, 1).argsort(dim=1)
 
 
+def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, T, C) rows picked per batch item by index (B, K) -> (B, K, C): the values of tomesd's
+    `x.gather(-2, index[..., None].expand(B, K, C))`, by one row copy (index_select) instead of an elementwise
+    gather (4x slower in fp32, up to 400x in bf16 on CPU)."""
+    nb, t, c = x.shape
+    flat = (index + torch.arange(nb, device=index.device)[:, None] * t).reshape(-1)
+    return x.reshape(nb * t, c).index_select(0, flat).view(nb, -1, c)
+
+
+def _put(out: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> None:
+    """out[b, index[b, k]] = src[b, k] (tomesd's `out.scatter_(-2, index expanded over C, src)`), row copies."""
+    nb, n, c = out.shape
+    flat = (index + torch.arange(nb, device=index.device)[:, None] * n).reshape(-1)
+    out.view(nb * n, c).index_copy_(0, flat, src.reshape(-1, c))
+
+
 def bipartite_soft_matching(
     metric: torch.Tensor, w: int, h: int, r: int, partition: torch.Tensor | None = None
 ) -> tuple[Merge, Merge]:
@@ -76,7 +92,8 @@ def bipartite_soft_matching(
 
     Each source token is matched to its most cosine-similar destination; the r best-matched sources are
     averaged into their destinations (tomesd merge.py `bipartite_soft_matching_random2d`, no_rand=True).
-    `partition`: `_partition(h, w)`, when the caller already has it.
+    Gathers and scatters are row copies here (same values); the arithmetic (normalise, scores, max, argsort
+    descending, scatter_reduce "mean") is tomesd's own. `partition`: `_partition(h, w)`, when already known.
     """
     b, n, _ = metric.shape
     if r <= 0:
@@ -84,14 +101,11 @@ def bipartite_soft_matching(
     if partition is None:
         partition = _partition(h, w, metric.device)
     num_dst = (h // SY) * (w // SX)
-    a_idx = partition[:, num_dst:, :]  # sources
-    b_idx = partition[:, :num_dst, :]  # destinations
+    a_idx = partition[0, num_dst:, 0]  # sources (the same for every batch item)
+    b_idx = partition[0, :num_dst, 0]  # destinations
 
     def split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = x.shape[-1]
-        src = torch.gather(x, dim=1, index=a_idx.expand(b, n - num_dst, c))
-        dst = torch.gather(x, dim=1, index=b_idx.expand(b, num_dst, c))
-        return src, dst
+        return x.index_select(1, a_idx), x.index_select(1, b_idx)
 
     with torch.no_grad():
         metric = metric / metric.norm(dim=-1, keepdim=True)
@@ -99,29 +113,28 @@ def bipartite_soft_matching(
         scores = a @ bb.transpose(-1, -2)  # (B, sources, destinations) cosine similarities
         r = min(a.shape[1], r)  # can't merge more than there are sources
         node_max, node_idx = scores.max(dim=-1)
-        edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
-        unm_idx = edge_idx[..., r:, :]  # sources kept
-        src_idx = edge_idx[..., :r, :]  # sources merged
-        dst_idx = torch.gather(node_idx[..., None], dim=-2, index=src_idx)
+        edge_idx = node_max.argsort(dim=-1, descending=True)  # (B, sources), best matched first
+        unm_idx = edge_idx[:, r:]  # sources kept
+        src_idx = edge_idx[:, :r]  # sources merged
+        dst_idx = node_idx.gather(dim=-1, index=src_idx)  # ... into these destinations
+        # where the kept and the merged sources sit in the image (unmerge)
+        unm_pos, src_pos = a_idx[unm_idx], a_idx[src_idx]
 
     def merge(x: torch.Tensor) -> torch.Tensor:
         src, dst = split(x)
-        nb, t1, c = src.shape
-        unm = torch.gather(src, dim=-2, index=unm_idx.expand(nb, t1 - r, c))
-        src = torch.gather(src, dim=-2, index=src_idx.expand(nb, r, c))
-        dst = dst.scatter_reduce(-2, dst_idx.expand(nb, r, c), src, reduce="mean")
+        c = x.shape[-1]
+        unm = _take(src, unm_idx)
+        src = _take(src, src_idx)
+        dst = dst.scatter_reduce(-2, dst_idx[..., None].expand(b, r, c), src, reduce="mean")
         return torch.cat([unm, dst], dim=1)
 
     def unmerge(x: torch.Tensor) -> torch.Tensor:
         unm_len = unm_idx.shape[1]
-        unm, dst = x[..., :unm_len, :], x[..., unm_len:, :]
-        c = unm.shape[-1]
-        src = torch.gather(dst, dim=-2, index=dst_idx.expand(b, r, c))
-        out = torch.zeros(b, n, c, device=x.device, dtype=x.dtype)
-        a_all = a_idx.expand(b, a_idx.shape[1], 1)
-        out.scatter_(dim=-2, index=b_idx.expand(b, num_dst, c), src=dst)
-        out.scatter_(dim=-2, index=torch.gather(a_all, dim=1, index=unm_idx).expand(b, unm_len, c), src=unm)
-        out.scatter_(dim=-2, index=torch.gather(a_all, dim=1, index=src_idx).expand(b, r, c), src=src)
+        unm, dst = x[:, :unm_len], x[:, unm_len:]
+        out = torch.empty(b, n, x.shape[-1], device=x.device, dtype=x.dtype)  # every row is written below
+        out.index_copy_(1, b_idx, dst)
+        _put(out, unm_pos, unm)
+        _put(out, src_pos, _take(dst, dst_idx))  # merged sources take their destination's value
         return out
 
     return merge, unmerge

@@ -100,6 +100,21 @@ def test_context_restores_previous_setting_on_error(unets):
     assert token_merging_ratio(ours) == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("b", "h", "w", "ratio"), [(2, 8, 8, 0.5), (1, 9, 7, 0.3), (2, 7, 10, 0.9), (2, 32, 24, 0.5)])
+def test_merge_and_unmerge_are_bit_identical_to_tomesd(dtype, b, h, w, ratio):
+    g = torch.Generator().manual_seed(h * w)
+    metric = torch.randn(b, h * w, 16, generator=g).to(dtype)
+    metric[:, ::3] = metric[:, :1]  # repeated tokens (a flat area): ties in the similarity ranking
+    x = torch.randn(b, h * w, 24, generator=g).to(dtype)  # merged by the metric's matching, like norm1(x)
+    r = int(h * w * ratio)
+    ours_merge, ours_unmerge = bipartite_soft_matching(metric, w, h, r)
+    ref_merge, ref_unmerge = tomesd.merge.bipartite_soft_matching_random2d(metric, w, h, 2, 2, r, no_rand=True)
+    merged = ours_merge(x)
+    assert torch.equal(merged, ref_merge(x))
+    assert torch.equal(ours_unmerge(merged), ref_unmerge(merged))
+
+
 def test_merge_unmerge_shapes_and_means():
     # 4x4 tokens: destinations at the top-left of each 2x2 cell; r sources averaged into them.
     g = torch.Generator().manual_seed(0)
