@@ -170,16 +170,13 @@ def test_generate_applies_the_ratios_per_pass_and_removes_them(pipe):
     def on_step(event):  # runs inside the sampler: sees the ratio the UNet runs with
         seen.append(token_merging_ratio(pipe.unet))
 
-    common = {"width": 64, "height": 64, "steps": 3, "seed": 5, "sampler": "euler"}
-    plain = pipe.generate(engine.GenerationRequest("a lighthouse", **common)).latents
-    merged = pipe.generate(engine.GenerationRequest("a lighthouse", token_merging_ratio=0.5, **common),
-                           on_step=on_step).latents
-    assert seen == [0.5] * 3 and token_merging_ratio(pipe.unet) == 0
-    assert not torch.equal(plain, merged)
+    common = {"width": 64, "height": 64, "steps": 2, "seed": 5, "sampler": "euler"}
+    pipe.generate(engine.GenerationRequest("a lighthouse", token_merging_ratio=0.5, **common), on_step=on_step)
+    assert seen == [0.5] * 2 and token_merging_ratio(pipe.unet) == 0
 
-    fix = HiresFix(scale=1.5, steps=2, denoise=0.5, upscaler="Latent")
-    for ratio, ratio_hr, expected in [(0.5, 0.0, [0.5] * 5), (0.0, 0.3, [0.0] * 3 + [0.3] * 2),
-                                      (0.4, 0.2, [0.4] * 3 + [0.2] * 2)]:
+    fix = HiresFix(scale=1.5, steps=1, denoise=0.5, upscaler="Latent")
+    for ratio, ratio_hr, expected in [(0.5, 0.0, [0.5] * 3), (0.0, 0.3, [0.0, 0.0, 0.3]),
+                                      (0.4, 0.2, [0.4, 0.4, 0.2])]:
         seen.clear()
         req = engine.GenerationRequest("a lighthouse", hires=fix, token_merging_ratio=ratio,
                                        token_merging_ratio_hr=ratio_hr, **common)
