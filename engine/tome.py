@@ -9,9 +9,10 @@ level) runs on merged tokens:
     x = unmerge(attn1(merge(norm1(x)))) + x       (the similarity metric is the block input x)
 
 `bipartite_soft_matching` below is tomesd's `merge.bipartite_soft_matching_random2d` on its no_rand path
-(the top-left token of each 2x2 cell is a destination) with the same arithmetic, op for op, so an image
-made with the option reproduces A1111's; `TokenMerging.merge_fns` is tomesd's `patch.compute_merge`.
-tests/test_tome.py compares a whole UNet step with diffusers' UNet patched by the tomesd package itself.
+(the top-left token of each 2x2 cell is a destination) with the same arithmetic, op for op (its gathers and
+scatters done as row copies: the same values, faster), so an image made with the option reproduces A1111's;
+`TokenMerging.merge_fns` is tomesd's `patch.compute_merge`. tests/test_tome.py checks merge/unmerge bit for
+bit against tomesd's, and a whole UNet step against diffusers' UNet patched by the tomesd package itself.
 
 A ratio of 0 leaves no trace: the blocks hold `tome = None` and run their usual code.
 """
