@@ -13,7 +13,7 @@ from fixtures_app import (  # noqa: F401  (pytest fixtures, used as arguments)
 from PIL import Image
 from PySide6.QtWidgets import QDoubleSpinBox
 
-from inkpunk_studio.metadata import read_params
+from inkpunk_studio.metadata import ImageParams, read_params
 from inkpunk_studio.settings import AppSettings
 from inkpunk_studio.widgets.settings_dialog import SettingsDialog, SettingsValues
 from inkpunk_studio.worker import GenerationParams
@@ -68,3 +68,12 @@ def test_generate_writes_token_merging_and_restore_sets_it(qtbot, open_window, t
     window.restore_from_file(path)
     qtbot.waitUntil(lambda: window.settings.token_merging_ratio == 0.5, timeout=10_000)
     assert "token merging ratio 0.5" in window.statusBar().currentMessage()
+
+    # a hires image: A1111 wrote the ratio its hires pass ran with; the same as the first pass's means "0: same"
+    window.apply_image_params(ImageParams(prompt="x", token_merging_ratio=0.3, token_merging_ratio_hr=0.6))
+    assert (window.settings.token_merging_ratio, window.settings.token_merging_ratio_hr) == (0.3, 0.6)
+    window.apply_image_params(ImageParams(prompt="x", token_merging_ratio=0.5, token_merging_ratio_hr=0.5))
+    assert (window.settings.token_merging_ratio, window.settings.token_merging_ratio_hr) == (0.5, 0.0)
+    window.apply_image_params(ImageParams(prompt="x", token_merging_ratio=0.95))  # beyond the Settings' 0.9
+    assert window.settings.token_merging_ratio == 0.5
+    assert "token merging ratio 0.95 is not available" in window.statusBar().currentMessage()
