@@ -44,6 +44,7 @@ from engine.schedules import ModelSchedule
 from engine.schedules import sigmas as schedule_sigmas
 from engine.taesd import StepPreviewer, TinyAutoencoder, load_taesd
 from engine.tokenizer import Tokenizer
+from engine.tome import hires_ratio, token_merging
 from engine.vae import SCALING_FACTOR
 from engine.vae_file import load_vae
 
@@ -227,7 +228,9 @@ class Pipeline:
             progress.total += len(self._start(req, sampler, schedule, first, first, *hr)[0]) - 1
 
         launch = req.steps if init is None else int(min(req.strength, 0.999) * req.steps) + 1
-        latents = self._sample(req, sampler, seeds, cond, uncond, image_noise, start, init, progress, launch)
+        with token_merging(self.unet, req.token_merging_ratio):  # engine.tome; off again after, also on error
+            latents = self._sample(req, sampler, seeds, cond, uncond, image_noise, start, init, progress,
+                                   launch)
         if hr is not None:
             latents = self._hires_pass(req, sampler, schedule, seeds, subseeds, latents, prompt, text, hr,
                                        progress)
@@ -315,7 +318,9 @@ class Pipeline:
         cond = self.conditioner.schedule(prompt, base, hires_steps=calls, **text)
         uncond = self.conditioner.schedule(req.negative_prompt, base, hires_steps=calls, **text)
         start = self._start(req, sampler, schedule, noise, latents, hr_steps, t_enc)
-        return self._sample(req, sampler, seeds, cond, uncond, image_noise, start, latents, progress, t_enc + 1)
+        with token_merging(self.unet, hires_ratio(req.token_merging_ratio, req.token_merging_ratio_hr)):
+            return self._sample(req, sampler, seeds, cond, uncond, image_noise, start, latents, progress,
+                                t_enc + 1)
 
     def _used_embeddings(self, texts: Sequence[str], emphasis: str) -> set[str]:
         """The embedding words these texts invoke (as the conditioner matched them: on token ids), for

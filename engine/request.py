@@ -44,6 +44,7 @@ class GenerationRequest:
     loras: (path, weight) or (path, te_weight, unet_weight) entries, applied by the LoRA code.
     decoder: "vae" (default) or "taesd": the tiny autoencoder (Pipeline.set_taesd) decodes the result, and
     encodes the init image in img2img.
+    token_merging_ratio/_hr: A1111's token merging (engine.tome) for the first and the hires pass.
     """
 
     prompt: str
@@ -76,6 +77,10 @@ class GenerationRequest:
     s_min_uncond: float = 0.0
     s_min_uncond_all: bool = False
     skip_early_cond: float = 0.0
+    # --- token merging (engine.tome): A1111's "Token merging ratio", and "... hr" for the hires pass,
+    # where 0 means the same as token_merging_ratio. 0 <= ratio < 1; 0: off.
+    token_merging_ratio: float = 0.0
+    token_merging_ratio_hr: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
@@ -125,6 +130,7 @@ class GenerationRequest:
                 )
         self._validate_mask()
         self._validate_hires()
+        self._validate_token_merging()
         self._validate_cfg_skips()
 
     def _validate_cfg_skips(self) -> None:
@@ -149,6 +155,12 @@ class GenerationRequest:
             raise ValueError(
                 f"hires fix would make {up_w}x{up_h}: sides must stay from {MIN_SIDE} to {MAX_SIDE}"
             )
+
+    def _validate_token_merging(self) -> None:
+        for name in ("token_merging_ratio", "token_merging_ratio_hr"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value < 1:  # also refuses NaN
+                raise ValueError(f"{name} must be a number from 0 to below 1, got {value!r}")
 
     def _validate_mask(self) -> None:
         if not _is_int(self.mask_blur) or not 0 <= self.mask_blur <= 64:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,9 @@ from engine import layers
 from engine.attention import FusedProjection, attention
 from engine.config import GROUPS, UNetConfig
 from engine.layers import Conv2d, NearestUpsampleConv
+
+if TYPE_CHECKING:
+    from engine.tome import TokenMerging
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -115,6 +119,9 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
+    # Token merging (engine/tome.py) when on: the self-attention runs on merged tokens. None: off.
+    tome: TokenMerging | None = None
+
     def __init__(self, dim: int, context_dim: int, heads: int):
         super().__init__()
         self.attn1 = CrossAttention(dim, dim, heads, self_attention=True)
@@ -125,7 +132,11 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        x = self.attn1(self.norm1(x)).add_(x)
+        if self.tome is None:
+            x = self.attn1(self.norm1(x)).add_(x)
+        else:  # tomesd patch.py make_tome_block: merge by the block input x, self-attention only
+            merge, unmerge = self.tome.merge_fns(x)
+            x = unmerge(self.attn1(merge(self.norm1(x)))).add_(x)
         x = self.attn2(self.norm2(x), context).add_(x)
         return self.ff(self.norm3(x)).add_(x)
 
@@ -205,6 +216,8 @@ class TimestepEmbedSequential(nn.ModuleList):
 
 
 class UNet(nn.Module):
+    tome: TokenMerging | None = None  # set by engine.tome.set_token_merging
+
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         self.config = cfg
@@ -269,6 +282,8 @@ class UNet(nn.Module):
         elif t.shape != (b,):
             raise ValueError(f"timesteps must be a scalar or have shape ({b},), got {tuple(t.shape)}")
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
+        if self.tome is not None:
+            self.tome.size = (x.shape[2], x.shape[3])  # tomesd's hook_tome_model: the latent (h, w)
 
         def check() -> None:
             if interrupt is not None:

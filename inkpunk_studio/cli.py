@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "variation_seed": None, "variation_strength": 0.0, "ensd": 0, "emphasis": "original",
     "ngms": 0.0, "ngms_all_steps": False, "skip_early_cfg": 0.0,  # A1111's uncond skips
 }
+DEFAULTS["token_merging_ratio"] = 0.0  # A1111's token merging (engine.tome)
 RNG_CHOICES = ("cpu", "nv")
 EMPHASIS_CHOICES = ("original", "no_norm", "ignore", "none", "comfy")  # engine.request.EMPHASIS_MODES
 
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --ngms: skip on every step below the sigma, not every other one")
     p.add_argument("--skip-early-cfg", type=float, help="A1111's Skip Early CFG: ignore the negative prompt for "
                    "this fraction of the first steps, 0..1 (default: 0, off)")
+    p.add_argument("--token-merging-ratio", type=float, metavar="RATIO",
+                   help="A1111's token merging, 0 <= RATIO < 1: faster steps for a little detail (default: 0, off)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     p.add_argument("--out", required=True, type=Path, help="output .png (batches add -1, -2, ...)")
@@ -125,6 +128,7 @@ def _from_png(path: Path, args: argparse.Namespace) -> dict[str, Any] | str:
               "rng": meta.rng, "ensd": meta.ensd, "emphasis": meta.emphasis, "variation_seed": meta.variation_seed,
               "variation_strength": meta.variation_strength, "ngms": meta.s_min_uncond,
               "ngms_all_steps": meta.s_min_uncond_all, "skip_early_cfg": meta.skip_early_cond}
+    values["token_merging_ratio"] = meta.token_merging_ratio
     if meta.strength is not None:
         values["strength"] = meta.strength
     if meta.sampler is not None:
@@ -193,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             rng=v["rng"], emphasis=v["emphasis"], variation_seed=v["variation_seed"],
             variation_strength=v["variation_strength"], ensd=v["ensd"],
             s_min_uncond=v["ngms"], s_min_uncond_all=v["ngms_all_steps"], skip_early_cond=v["skip_early_cfg"],
+            token_merging_ratio=v["token_merging_ratio"],
         )
     except ValueError as exc:
         return _fail(2, str(exc))
@@ -224,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             ensd=req.ensd, emphasis=req.emphasis,
             variation_seed=req.variation_seed + k if variation else None,
             variation_strength=float(req.variation_strength) if variation else 0.0,
+            token_merging_ratio=req.token_merging_ratio,
         )
         params.set_cfg_skips(result.cfg_skips)  # NGMS / Skip Early CFG: recorded when they skipped
         save_png(image, path, params)

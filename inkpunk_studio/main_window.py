@@ -256,7 +256,9 @@ class MainWindow(QMainWindow):
                                 ensd=self.settings.ensd, emphasis=self.settings.emphasis,
                                 s_min_uncond=self.settings.s_min_uncond,  # NGMS, Skip Early CFG
                                 s_min_uncond_all=self.settings.s_min_uncond_all,
-                                skip_early_cond=self.settings.skip_early_cond, **values)
+                                skip_early_cond=self.settings.skip_early_cond,
+                                token_merging_ratio=self.settings.token_merging_ratio,
+                                token_merging_ratio_hr=self.settings.token_merging_ratio_hr, **values)
 
     def set_params(self, params: GenerationParams) -> list[str]:
         """Set the panels from ``params`` (the Settings' rng/ensd/emphasis are not touched)."""
@@ -294,14 +296,18 @@ class MainWindow(QMainWindow):
         return notes
 
     def _restore_sampling_settings(self, meta: ImageParams, notes: list[str]) -> list[str]:
-        """The Settings an image records (RNG, ENSD, emphasis, NGMS, Skip Early CFG), set as A1111's override settings would be;
-        returns what changed, in words."""
+        """The Settings an image records (RNG, ENSD, emphasis, NGMS, Skip Early CFG, token merging), set as
+        A1111's override settings would be; returns what changed, in words."""
         changed: list[str] = []
+        # token merging: A1111 writes the hires pass's ratio even when it is the first pass's (0 here: the same)
+        hr = 0.0 if meta.token_merging_ratio_hr == meta.token_merging_ratio else meta.token_merging_ratio_hr
+        tome = (("token_merging_ratio", meta.token_merging_ratio, "token merging ratio"),
+                ("token_merging_ratio_hr", hr, "token merging ratio (hires)"))
         for name, value, label in (("rng", meta.rng, "random numbers"), ("ensd", meta.ensd, "ENSD"),
                                    ("emphasis", meta.emphasis, "emphasis"),
                                    ("s_min_uncond", meta.s_min_uncond, "NGMS"),
                                    ("s_min_uncond_all", meta.s_min_uncond_all, "NGMS all steps"),
-                                   ("skip_early_cond", meta.skip_early_cond, "Skip Early CFG")):
+                                   ("skip_early_cond", meta.skip_early_cond, "Skip Early CFG"), *tome):
             if getattr(self.settings, name) == value:
                 continue
             try:

@@ -24,6 +24,7 @@ RNG_SOURCES = ("cpu", "nv")  # A1111's "CPU" and its Philox emulation of CUDA's 
 EMPHASIS_MODES = ("original", "no_norm", "ignore", "none", "comfy")  # engine.prompt.EMPHASIS_MODES
 MAX_ENSD = 2**63 - 1  # engine.request: ENSD shares the seed range
 MAX_NGMS = 15.0  # A1111's "Negative Guidance minimum sigma" slider maximum (shared_options.py s_min_uncond)
+MAX_TOKEN_MERGING = 0.9  # A1111's slider; engine.tome takes 0 <= ratio < 1
 DECODERS = ("vae", "taesd")  # engine.request.DECODERS: the full VAE, or the tiny autoencoder (TAESD)
 FAST_LORAS = ("lcm", "tcd", "hyper")  # inkpunk_studio.fast_mode.FEW_STEP_LORAS
 
@@ -204,6 +205,30 @@ class AppSettings:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise ValueError(f"Skip Early CFG must be a number from 0 to 1, got {value!r}")
         self._s.setValue("sampling/skip_early_cfg", float(value))
+
+    # --- token merging (engine.tome; A1111's "Token merging ratio" and "... hr", Settings > Optimizations)
+    @property
+    def token_merging_ratio(self) -> float:
+        """The share of the first UNet level's self-attention tokens merged (0: off)."""
+        return self._float("sampling/token_merging_ratio", 0.0, MAX_TOKEN_MERGING)
+
+    @token_merging_ratio.setter
+    def token_merging_ratio(self, value: float) -> None:
+        self._set_ratio("sampling/token_merging_ratio", value)
+
+    @property
+    def token_merging_ratio_hr(self) -> float:
+        """The hires pass's ratio (0: the same as token_merging_ratio)."""
+        return self._float("sampling/token_merging_ratio_hr", 0.0, MAX_TOKEN_MERGING)
+
+    @token_merging_ratio_hr.setter
+    def token_merging_ratio_hr(self, value: float) -> None:
+        self._set_ratio("sampling/token_merging_ratio_hr", value)
+
+    def _set_ratio(self, key: str, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_TOKEN_MERGING:
+            raise ValueError(f"token merging ratio must be a number from 0 to {MAX_TOKEN_MERGING}, got {value!r}")
+        self._s.setValue(key, float(value))
 
     # --- fast mode (inkpunk_studio.fast_mode)
     def _bool(self, key: str, default: bool) -> bool:

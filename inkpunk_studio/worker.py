@@ -100,11 +100,15 @@ class GenerationParams:
     # fast mode and the tiny autoencoder (inkpunk_studio.fast_mode; not saved with the params either)
     decoder: str = "vae"  # GenerationRequest.decoder: "vae" or "taesd"
     taesd: str = ""  # a TAESD file or folder to attach (previews that look like the picture), "" for none
+    # A1111's token merging (engine.tome), from the Settings; _hr 0: the hires pass uses token_merging_ratio
+    token_merging_ratio: float = 0.0
+    token_merging_ratio_hr: float = 0.0
 
     _PLAIN = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
               "batch_count", "strength", "schedule", "clip_skip", "variation_seed", "variation_strength", "rng",
               "ensd", "emphasis", "hires", "hires_scale", "hires_steps", "hires_denoise", "hires_upscaler",
               "only_masked", "mask_padding", "skip_early_cond", "s_min_uncond", "s_min_uncond_all")
+    _PLAIN += ("token_merging_ratio", "token_merging_ratio_hr")
     _OPTIONAL_INTS = ("seed", "variation_seed")
 
     @property
@@ -138,6 +142,7 @@ class GenerationParams:
             decoder=self.decoder, mask=mask, mask_blur=mask_blur,
             skip_early_cond=self.skip_early_cond, s_min_uncond=self.s_min_uncond,
             s_min_uncond_all=self.s_min_uncond_all,
+            token_merging_ratio=self.token_merging_ratio, token_merging_ratio_hr=self.token_merging_ratio_hr,
             **self._hires_request(), **self._masked_content_request())
 
     @property
@@ -200,7 +205,14 @@ class GenerationParams:
                            schedule=engine.resolve_sampler(self.sampler, self.schedule)[1], clip_skip=self.clip_skip, rng=self.rng, ensd=self.ensd,
                            emphasis=self.emphasis,
                            variation_seed=vseed if self.uses_variation else None,
-                           variation_strength=float(self.variation_strength) if self.uses_variation else 0.0)
+                           variation_strength=float(self.variation_strength) if self.uses_variation else 0.0,
+                           **self._token_merging_infotext())
+
+    def _token_merging_infotext(self) -> dict[str, float]:
+        """A1111 create_infotext: the first pass's ratio, and with a hires pass the ratio it ran with (its own,
+        else the first pass's: get_token_merging_ratio(for_hr=True)); each written only when not 0."""
+        hr = (self.token_merging_ratio_hr or self.token_merging_ratio) if self.uses_hires else 0.0
+        return {"token_merging_ratio": self.token_merging_ratio, "token_merging_ratio_hr": hr}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (no init image) for QSettings."""

@@ -87,7 +87,7 @@ FULL = ImageParams(
     model_hash="9a1b2c3d4e", clip_skip=2, rng="nv", ensd=31337, emphasis="no_norm", variation_seed=77,
     variation_strength=0.25, lora_hashes={"ink": "abc123def456", "punk_style": "0123456789ab"},
     ti_hashes={"easyneg": "c74b4e810b03"}, vae_name="vae-ft-mse-840000.safetensors", vae_hash="735e4c3a44",
-    version="v1.10.1", extra={"Token merging ratio": "0.5", "Odd": 'a "b", c: d'})
+    version="v1.10.1", token_merging_ratio=0.5, token_merging_ratio_hr=0.3, extra={"Odd": 'a "b", c: d'})
 
 
 def test_a_png_we_write_pastes_into_a1111_as_the_same_settings(tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_a_png_we_write_pastes_into_a1111_as_the_same_settings(tmp_path: Path) -
         "Variation seed strength": "0.25"}
     assert a1111_lora_hashes(res["Lora hashes"]) == {"ink": "abc123def456", "punk_style": "0123456789ab"}
     assert a1111_lora_hashes(res["TI hashes"]) == {"easyneg": "c74b4e810b03"}
-    assert (res["Token merging ratio"], res["Odd"]) == ("0.5", 'a "b", c: d')
+    assert (res["Token merging ratio"], res["Token merging ratio hr"], res["Odd"]) == ("0.5", "0.3", 'a "b", c: d')
     assert res["Sampler"] in A1111_SAMPLERS and res["Schedule type"] in A1111_SCHEDULES
     # and our own reader gives back every field
     back = read_params(path)
@@ -118,13 +118,14 @@ def test_fields_come_in_a1111_order() -> None:
     keys = [k for k, _ in RE_PARAM.findall(FULL.to_parameters_text().rsplit("\n", 1)[1])]
     assert keys == ["Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
                     "VAE hash", "VAE", "Variation seed", "Variation seed strength", "Denoising strength",
-                    "Clip skip", "ENSD", "RNG", "Lora hashes", "TI hashes", "Emphasis", "Token merging ratio", "Odd",
-                    "Version"]
+                    "Clip skip", "ENSD", "Token merging ratio", "Token merging ratio hr", "RNG", "Lora hashes",
+                    "TI hashes", "Emphasis", "Odd", "Version"]
 
 
 def test_defaults_are_left_out_as_a1111_leaves_them_out() -> None:
     res = a1111_parse(ImageParams(prompt="(plain)", seed=1, sampler="euler").to_parameters_text())
-    for key in ("ENSD", "Emphasis", "Variation seed", "Variation seed strength", "Lora hashes", "VAE", "Version"):
+    for key in ("ENSD", "Emphasis", "Variation seed", "Variation seed strength", "Lora hashes", "VAE", "Version",
+                "Token merging ratio", "Token merging ratio hr"):
         assert key not in res, key
     assert (res["Clip skip"], res["RNG"], res["Schedule type"]) == ("1", "CPU", "Automatic")
     # Emphasis only matters (and is only written) when the prompt uses ( or [
@@ -170,6 +171,9 @@ def test_legacy_combined_name_is_written_as_sampler_and_schedule() -> None:
     ('Lora hashes: "a: 1234, b: 5678", TI hashes: "neg: 9abc"', {"lora_hashes": {"a": "1234", "b": "5678"},
                                                                  "ti_hashes": {"neg": "9abc"}}),
     ("VAE hash: 735e4c3a44, VAE: vae.pt", {"vae_hash": "735e4c3a44", "vae_name": "vae.pt"}),
+    ("Token merging ratio: 0.5", {"token_merging_ratio": 0.5, "token_merging_ratio_hr": 0.0}),
+    ("Token merging ratio: 0.3, Token merging ratio hr: 0.6", {"token_merging_ratio": 0.3,
+                                                              "token_merging_ratio_hr": 0.6}),
 ])
 def test_reading_a1111_fields_and_defaults(text: str, expected: dict) -> None:
     line = "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 64x64" + (f", {text}" if text else "")
@@ -177,7 +181,8 @@ def test_reading_a1111_fields_and_defaults(text: str, expected: dict) -> None:
     assert p is not None and {k: getattr(p, k) for k in expected} == expected and p.notes == []
 
 
-@pytest.mark.parametrize("text", ["RNG: Quantum", "Emphasis: Loud", "Clip skip: 40", "Variation seed strength: 3"])
+@pytest.mark.parametrize("text", ["RNG: Quantum", "Emphasis: Loud", "Clip skip: 40", "Variation seed strength: 3",
+                                  "Token merging ratio: 1.5", "Token merging ratio hr: abc"])
 def test_unusable_values_are_noted_and_kept(text: str) -> None:
     p = ImageParams.from_parameters_text(f"x\nSteps: 20, Sampler: Euler, CFG scale: 7, Size: 64x64, {text}")
     assert p is not None and len(p.notes) == 1

@@ -47,6 +47,7 @@ _FIELD_KEYS = {"Steps", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE
                "Version", "Negative prompt", "Prompt"}
 _CFG_SKIP_KEYS = {"Skip Early CFG", "NGMS", "NGMS all steps"}  # the ImageParams uncond-skip fields below
 _FIELD_KEYS |= _CFG_SKIP_KEYS
+_FIELD_KEYS |= {"Token merging ratio", "Token merging ratio hr"}  # token merging (engine.tome)
 
 
 @dataclass
@@ -86,6 +87,10 @@ class ImageParams:
     skip_early_cond: float = 0.0  # "Skip Early CFG"
     s_min_uncond: float = 0.0  # "NGMS"
     s_min_uncond_all: bool = False  # "NGMS all steps"
+    # A1111's token merging (engine.tome): the first pass's ratio and, when a hires pass ran, its own
+    # (A1111 writes the hires pass's effective ratio, its own or else the first pass's); 0: off/not written
+    token_merging_ratio: float = 0.0
+    token_merging_ratio_hr: float = 0.0
     notes: list[str] = field(default_factory=list, compare=False)
 
     @property
@@ -122,6 +127,11 @@ class ImageParams:
             items.append(("Clip skip", str(int(self.clip_skip))))
         if int(self.ensd) != 0:
             items.append(("ENSD", str(int(self.ensd))))
+        # A1111 create_infotext: after ENSD, each only when not 0
+        for key, ratio in (("Token merging ratio", self.token_merging_ratio),
+                           ("Token merging ratio hr", self.token_merging_ratio_hr)):
+            if ratio:
+                items.append((key, _fmt_float(ratio)))
         items.append(("RNG", RNG_LABELS.get(self.rng, self.rng)))
         if self.lora_hashes:
             items.append(("Lora hashes", _hash_list(self.lora_hashes)))
@@ -282,6 +292,9 @@ def apply_a1111(p: ImageParams, raw: dict[str, str]) -> None:
             setattr(p, attr, rest.pop(key))
     p.clip_skip = take("Clip skip", int, lambda v: 1 <= v <= 12) or 1
     p.ensd = take("ENSD", int) or 0
+    for key, attr in (("Token merging ratio", "token_merging_ratio"),
+                      ("Token merging ratio hr", "token_merging_ratio_hr")):
+        setattr(p, attr, take(key, float, lambda v: 0 <= v < 1) or 0.0)  # engine.tome's range
     p.rng = "nv"  # A1111: no RNG field means "GPU"
     for key, attr, labels in (("RNG", "rng", _RNG_FROM_LABEL), ("Emphasis", "emphasis", _EMPHASIS_FROM_LABEL)):
         if key in rest:

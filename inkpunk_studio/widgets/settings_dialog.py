@@ -1,7 +1,7 @@
 """The Settings dialog: checkpoint, device, precision, VAE, extra model folders, output folder, live preview,
-the sampling settings A1111 keeps in its settings too (random number source, ENSD, emphasis mode, NGMS and Skip
-Early CFG), and fast
-mode's choices (the few-step LoRA, the decoder in and out of fast mode, TAESD's download)."""
+the sampling settings A1111 keeps in its settings too (random number source, ENSD, emphasis mode, NGMS, Skip
+Early CFG and the token merging ratios), and fast mode's choices (the few-step LoRA, the decoder in and out
+of fast mode, TAESD's download)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from ..settings import (
     EMPHASIS_MODES,
     FAST_LORAS,
     MAX_NGMS,
+    MAX_TOKEN_MERGING,
     PRECISIONS,
     RNG_SOURCES,
     AppSettings,
@@ -76,6 +77,9 @@ class SettingsValues:
     s_min_uncond: float = 0.0
     s_min_uncond_all: bool = False
     skip_early_cond: float = 0.0
+    # token merging (engine.tome): A1111's "Token merging ratio" and "... hr" (0: the same as the first)
+    token_merging_ratio: float = 0.0
+    token_merging_ratio_hr: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: AppSettings) -> SettingsValues:
@@ -85,6 +89,8 @@ class SettingsValues:
                      settings.fast_lora)
         values.s_min_uncond, values.s_min_uncond_all = settings.s_min_uncond, settings.s_min_uncond_all
         values.skip_early_cond = settings.skip_early_cond
+        values.token_merging_ratio = settings.token_merging_ratio
+        values.token_merging_ratio_hr = settings.token_merging_ratio_hr
         return values
 
     def save(self, settings: AppSettings) -> None:
@@ -103,6 +109,8 @@ class SettingsValues:
         settings.fast_lora = self.fast_lora
         settings.s_min_uncond, settings.s_min_uncond_all = self.s_min_uncond, self.s_min_uncond_all
         settings.skip_early_cond = self.skip_early_cond
+        settings.token_merging_ratio = self.token_merging_ratio
+        settings.token_merging_ratio_hr = self.token_merging_ratio_hr
         settings.sync()
 
 
@@ -165,6 +173,15 @@ class SettingsDialog(QDialog):
         self.emphasis_combo.setToolTip("How (weights) in the prompt are applied (A1111's Emphasis mode)")
         self._make_cfg_skip_widgets(values)
 
+        self.token_merging_spin = self._ratio_spin(
+            "tokenMergingSpin", values.token_merging_ratio,
+            "Token merging (ToMe; A1111's Token merging ratio): merges similar tokens in the UNet's largest "
+            "self-attention, trading a little detail for speed, most noticeable on CPUs. 0 = off")
+        self.token_merging_hr_spin = self._ratio_spin(
+            "tokenMergingHrSpin", values.token_merging_ratio_hr,
+            "The token merging ratio of the hires fix pass (A1111's Token merging ratio for high-res pass); "
+            "0 = the same as Token merging ratio")
+
         self.fast_lora_combo = self._choices("fastLoraCombo", FAST_LORAS, FAST_LORA_LABELS, values.fast_lora)
         self.fast_lora_combo.setToolTip("The few-step LoRA the Fast switch uses (downloaded on first use)")
         self.decoder_combo = self._choices("decoderCombo", DECODERS, DECODER_LABELS, values.decoder)
@@ -200,6 +217,8 @@ class SettingsDialog(QDialog):
         form.addRow("Emphasis", self.emphasis_combo)
         form.addRow("NGMS", self.ngms_row)
         form.addRow("Skip Early CFG", self.skip_early_cfg_spin)
+        form.addRow("Token merging ratio", self.token_merging_spin)
+        form.addRow("Token merging ratio (hires)", self.token_merging_hr_spin)
         form.addRow("Fast mode LoRA", self.fast_lora_combo)
         form.addRow("Decoder", self.decoder_combo)
         form.addRow("Decoder in fast mode", self.fast_decoder_combo)
@@ -272,6 +291,16 @@ class SettingsDialog(QDialog):
         combo.setCurrentIndex(max(0, combo.findData(current)))
         return combo
 
+    def _ratio_spin(self, name: str, value: float, tip: str) -> QDoubleSpinBox:
+        spin = QDoubleSpinBox(self)
+        spin.setObjectName(name)
+        spin.setRange(0.0, MAX_TOKEN_MERGING)
+        spin.setSingleStep(0.1)
+        spin.setDecimals(2)
+        spin.setValue(value)
+        spin.setToolTip(tip)
+        return spin
+
     def _pair(self, edit: QLineEdit, button: QPushButton) -> QWidget:
         box = QWidget(self)
         row = QHBoxLayout(box)
@@ -322,5 +351,7 @@ class SettingsDialog(QDialog):
                               s_min_uncond=self.ngms_spin.value(),
                               s_min_uncond_all=self.ngms_all_steps_check.isChecked(),
                               skip_early_cond=self.skip_early_cfg_spin.value(),
+                              token_merging_ratio=round(self.token_merging_spin.value(), 2),
+                              token_merging_ratio_hr=round(self.token_merging_hr_spin.value(), 2),
                               model_folders=tuple(line.strip() for line in self.folders_edit.toPlainText().splitlines()
                                                   if line.strip()))
