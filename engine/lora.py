@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.checkpoint import advise_huge_pages, read_state_dict
+from engine.checkpoint import advise_huge_pages, read_state_dict, release_freed_memory
 from engine.config import UNetConfig
 from engine.errors import CheckpointError
 from engine.layers import Conv2d as PackedConv2d
@@ -418,9 +418,12 @@ class LoraSet:
                 if (component, name) not in self._originals:
                     self._originals.keep((component, name), weight)
                 _merge(weight, parts)
+                _repack(module)
         except BaseException:
             self.restore()
             raise
+        finally:
+            release_freed_memory()
         # what lora_hashes and the log need; the layers' tensors (135 MB for LCM-LoRA) are merged already
         self.loras.extend((LoraFile(f.path, [], f.unmatched), te, unet) for f, te, unet in loras)
 
@@ -429,12 +432,15 @@ class LoraSet:
         """Copy the original weights back (bit-for-bit) and forget the merged LoRAs."""
         layers = _layers(self.models)
         for (component, name), original in self._originals.items():
-            _dense_weight(layers[component][name]).copy_(original)
+            module = layers[component][name]
+            _dense_weight(module).copy_(original)
+            _repack(module)
         self._originals.clear()
         self.loras.clear()
+        release_freed_memory()
 
 
-KEEP_IN_MEMORY = 256 * 2**20  # originals kept in RAM; beyond it they go to a temporary file
+KEEP_IN_MEMORY = 64 * 2**20  # originals kept in RAM; beyond it they go to a temporary file
 
 
 class _Originals:
@@ -521,6 +527,11 @@ def _merge(weight: torch.Tensor, parts: list[tuple[LoraModule, float]]) -> None:
         m.add_to(flat, w)
     if not direct:
         weight.copy_(acc)
+
+
+def _repack(module: nn.Module) -> None:
+    if isinstance(module, PackedConv2d):
+        module.repack()
 
 
 def _dense_weight(module: nn.Module) -> torch.Tensor:

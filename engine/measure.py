@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from engine.checkpoint import LoadedModels, build, infer_configs, split_state_dict
+from engine.checkpoint import LoadedModels, build, infer_configs, release_freed_memory, split_state_dict
 from engine.clip import TextEncoder
 from engine.devices import resolve_device, resolve_dtype
 from engine.errors import Cancelled
@@ -499,7 +499,7 @@ def fast_memory(opts: argparse.Namespace, device: torch.device) -> dict[str, Any
         save_file(lcm_lora_like(models), str(path))
         out["lora_bytes"] = path.stat().st_size
         gc.collect()
-        _trim_heap()  # the drawn random weights' freed memory would otherwise hide what fast mode adds
+        release_freed_memory()  # the drawn random weights' freed memory would hide what fast mode adds
         out["weights_bytes"] = sum(
             p.numel() * p.element_size()
             for m in (pipe.text_encoder, pipe.unet, pipe.vae, pipe.taesd) for p in m.parameters()
@@ -522,12 +522,3 @@ def fast_memory(opts: argparse.Namespace, device: torch.device) -> dict[str, Any
         out["rss_end"] = _status_bytes("VmRSS")
     return out
 
-
-def _trim_heap() -> None:
-    """Give freed heap memory back to the OS (glibc's malloc_trim), so RSS counts only live memory."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass

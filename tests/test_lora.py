@@ -412,7 +412,14 @@ def test_originals_past_the_memory_budget_go_to_a_file_and_restore_exactly(ckpt,
         assert in_memory > 0  # the budget is used first
     assert sum(not torch.equal(v, originals[k]) for k, v in state().items()) > 20
     assert handle.loras[0][0].modules == []  # the merged layers' tensors are not kept
+    # convs packed before the merge are packed again by it, not at the next generation's first call
+    from engine.layers import Conv2d, _packing_available
+
+    packed = [m for m in models.unet.modules() if isinstance(m, Conv2d) and m._pack_shape is not None]
+    assert bool(packed) == _packing_available(dtype)
+    assert all(m._packed for m in packed)
     handle.restore()
+    assert all(m._packed for m in packed)
     assert handle.kept_bytes == (0, 0) and not handle.applied
     assert all(torch.equal(v, originals[k]) for k, v in state().items())
     attn = models.unet.input_blocks[1][1].transformer_blocks[0].attn1
