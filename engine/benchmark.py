@@ -383,7 +383,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    p.add_argument("--child", choices=("memory", "load", "tiled"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("memory", "load", "tiled", "fast"), help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     p.add_argument("--tiled-side", type=int, default=2048, help=argparse.SUPPRESS)
     opts = p.parse_args(argv)

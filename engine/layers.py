@@ -83,6 +83,8 @@ class Conv2d(nn.Conv2d):
             return False
         return _packing_available(x.dtype)
 
+    _pack_shape: tuple[int, ...] | None = None  # the input shape of the last pack(), for repack()
+
     def pack(self, input_shape: torch.Size | tuple[int, ...]) -> None:
         with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
             packed = torch.ops.mkldnn._reorder_convolution_weight(
@@ -91,6 +93,16 @@ class Conv2d(nn.Conv2d):
             )
         self.weight = nn.Parameter(packed, requires_grad=False)
         self._packed = True
+        self._pack_shape = tuple(input_shape)
+
+    def repack(self) -> None:
+        """Pack again (for the last packed input shape) a weight that was unpacked to change it in place, as
+        a LoRA merge does: now rather than at the next call, where the dense weights freed one by one during
+        a generation would leave as much heap behind (0.7 GB for a bf16 SD1.5 UNet)."""
+        if self._packed or self._pack_shape is None or self.weight.requires_grad or not PACK_CONV_WEIGHTS:
+            return
+        if self.weight.device.type == "cpu" and _packing_available(self.weight.dtype):
+            self.pack(self._pack_shape)
 
     def unpack(self) -> None:
         if self._packed:

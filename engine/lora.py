@@ -15,8 +15,9 @@ rebuild_conventional / rebuild_cp_decomposition, network.py finalize_updown; dif
 same): W += multiplier * scale * up @ down (LoHa, LoKr: network_hada.py, network_lokr.py), scale = alpha / rank
 (1 without alpha), multiplier the text-encoder weight for text-encoder modules and the UNet weight otherwise.
 Deltas are merged into the weights, so a step with LoRAs costs what a step without them costs; the originals
-of the touched tensors are kept (on the CPU, in their dtype: for a LoRA on every layer of an fp32 SD1.5 that is
-up to the model's size again, as A1111's weights backup) and copied back by LoraSet.restore().
+of the touched tensors are kept in their dtype and copied back by LoraSet.restore(). A LoRA on every layer
+(LCM-LoRA touches 1.7 GB of a bf16 SD1.5 UNet, 3.4 GB in fp32) would double the UNet in RAM, as A1111's weights
+backup does: past KEEP_IN_MEMORY bytes the originals go to an unnamed temporary file instead (_Originals).
 
 Our modules are named after the LDM keys (unet.py, clip.py), so an LDM-style name is our name with `_` for
 `.`; diffusers-style names are mapped by `diffusers_unet_name`, derived from the UNet config the same way
@@ -29,6 +30,7 @@ import functools
 import logging
 import math
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.checkpoint import advise_huge_pages, read_state_dict
+from engine.checkpoint import advise_huge_pages, read_state_dict, release_freed_memory
 from engine.config import UNetConfig
 from engine.errors import CheckpointError
 from engine.layers import Conv2d as PackedConv2d
@@ -382,14 +384,19 @@ class LoraSet:
     The originals of the touched weights are kept on the CPU (dense); nothing else is copied.
     """
 
-    def __init__(self, models: Any):
+    def __init__(self, models: Any, keep_in_memory: int | None = None):
         self.models = models
         self.loras: list[tuple[LoraFile, float, float]] = []
-        self._originals: dict[tuple[str, str], torch.Tensor] = {}
+        self._originals = _Originals(KEEP_IN_MEMORY if keep_in_memory is None else keep_in_memory)
 
     @property
     def applied(self) -> bool:
         return bool(self._originals)
+
+    @property
+    def kept_bytes(self) -> tuple[int, int]:
+        """Bytes of original weights kept for restore(): (in memory, in the temporary file)."""
+        return self._originals.in_memory, self._originals.spilled
 
     @_normal_mode
     def apply(self, loras: Sequence[tuple[LoraFile, float, float]]) -> None:
@@ -409,27 +416,102 @@ class LoraSet:
                 module = layers[component][name]
                 weight = _dense_weight(module)
                 if (component, name) not in self._originals:
-                    self._originals[(component, name)] = _keep(weight)
+                    self._originals.keep((component, name), weight)
                 _merge(weight, parts)
+                _repack(module)
         except BaseException:
             self.restore()
             raise
-        self.loras.extend(loras)
+        finally:
+            release_freed_memory()
+        # what lora_hashes and the log need; the layers' tensors (135 MB for LCM-LoRA) are merged already
+        self.loras.extend((LoraFile(f.path, [], f.unmatched), te, unet) for f, te, unet in loras)
 
     @_normal_mode
     def restore(self) -> None:
         """Copy the original weights back (bit-for-bit) and forget the merged LoRAs."""
         layers = _layers(self.models)
         for (component, name), original in self._originals.items():
-            _dense_weight(layers[component][name]).copy_(original)
+            module = layers[component][name]
+            _dense_weight(module).copy_(original)
+            _repack(module)
         self._originals.clear()
         self.loras.clear()
+        release_freed_memory()
 
 
-def _keep(weight: torch.Tensor) -> torch.Tensor:
-    """A CPU copy of `weight` (in fresh memory advised for huge pages, like the loaded model's own)."""
-    copy = advise_huge_pages(torch.empty(weight.shape, dtype=weight.dtype))
-    return copy.copy_(weight.detach())
+KEEP_IN_MEMORY = 64 * 2**20  # originals kept in RAM; beyond it they go to a temporary file
+
+
+class _Originals:
+    """The original values of the weights LoRAs changed, for a bit-exact restore.
+
+    Up to `budget` bytes stay in memory (a CPU copy each); the rest is written to one unnamed temporary file
+    and read back one tensor at a time by items(). Written data sits in the OS page cache, which the OS may
+    reclaim (it is on disk), unlike a copy in the process's memory. Should the file fail (no temporary
+    folder, disk full), the originals stay in memory, as before.
+    """
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self._memory: dict[tuple[str, str], torch.Tensor] = {}
+        self._spilled: dict[tuple[str, str], tuple[int, torch.Size, torch.dtype, tuple[int, ...]]] = {}
+        self._file: Any = None
+        self.in_memory = self.spilled = 0
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._memory or key in self._spilled
+
+    def __bool__(self) -> bool:
+        return bool(self._memory or self._spilled)
+
+    def keep(self, key: tuple[str, str], weight: torch.Tensor) -> None:
+        weight = weight.detach()
+        size = weight.numel() * weight.element_size()
+        if self.in_memory + size > self.budget and weight.device.type == "cpu" and _dense(weight):
+            try:
+                if self._file is None:
+                    self._file = tempfile.TemporaryFile(prefix="inkpunk-lora-originals-")  # noqa: SIM115 (closed by clear)
+                offset = self._file.seek(0, 2)
+                self._file.write(memoryview(_bytes_of(weight).numpy()))
+                self._spilled[key] = (offset, weight.shape, weight.dtype, weight.stride())
+                self.spilled += size
+                return
+            except OSError as e:
+                log.warning("cannot write LoRA originals to a temporary file (%s); keeping them in memory", e)
+        copy = advise_huge_pages(torch.empty_strided(weight.shape, weight.stride(), dtype=weight.dtype))
+        self._memory[key] = copy.copy_(weight)
+        self.in_memory += size
+
+    def items(self) -> Iterable[tuple[tuple[str, str], torch.Tensor]]:
+        """(key, original) for each kept weight; a spilled one is read back into a fresh tensor."""
+        yield from self._memory.items()
+        for key, (offset, shape, dtype, stride) in self._spilled.items():
+            t = torch.empty_strided(shape, stride, dtype=dtype)
+            self._file.seek(offset)
+            view = memoryview(_bytes_of(t).numpy())
+            if self._file.readinto(view) != len(view):
+                raise OSError("the temporary file of LoRA originals is shorter than what was written to it")
+            yield key, t
+
+    def clear(self) -> None:
+        self._memory.clear()
+        self._spilled.clear()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.in_memory = self.spilled = 0
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether t's elements fill one block of memory (any order): contiguous or channels_last."""
+    return t.is_contiguous() or (t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
+def _bytes_of(t: torch.Tensor) -> torch.Tensor:
+    """The raw bytes of a dense tensor in its memory order, as a uint8 view (no copy)."""
+    flat = torch.as_strided(t, (t.numel(),), (1,), t.storage_offset())
+    return flat.view(torch.uint8)
 
 
 def _merge(weight: torch.Tensor, parts: list[tuple[LoraModule, float]]) -> None:
@@ -445,6 +527,11 @@ def _merge(weight: torch.Tensor, parts: list[tuple[LoraModule, float]]) -> None:
         m.add_to(flat, w)
     if not direct:
         weight.copy_(acc)
+
+
+def _repack(module: nn.Module) -> None:
+    if isinstance(module, PackedConv2d):
+        module.repack()
 
 
 def _dense_weight(module: nn.Module) -> torch.Tensor:

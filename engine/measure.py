@@ -8,6 +8,7 @@ import gc
 import logging
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from engine.checkpoint import LoadedModels, build, infer_configs, split_state_dict
+from engine.checkpoint import LoadedModels, build, infer_configs, release_freed_memory, split_state_dict
 from engine.clip import TextEncoder
 from engine.devices import resolve_device, resolve_dtype
 from engine.errors import Cancelled
@@ -305,6 +306,8 @@ def run_child(opts: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"peak_reset": False}
     if opts.child == "tiled":
         return tiled_decode(opts, device)
+    if opts.child == "fast":
+        return fast_memory(opts, device)
     started = time.perf_counter()
     if opts.checkpoint:
         pipe = load_pipeline(opts.checkpoint, device=device, dtype=opts.precision)
@@ -457,3 +460,65 @@ def fast_summary(results: dict[str, dict[str, Any]], device: torch.device) -> di
         original = f["text_encode_cfg_s"] + 80 * f["unet_step_batch2_s"] + f["vae_decode_s"]
         out.update(original_default_s=original, vs_original_default=original / fast)
     return out
+
+
+def lcm_lora_like(models: Any, rank: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random LoRA of LCM-LoRA's layout and size (lcm-lora-sdv1-5 pytorch_lora_weights.safetensors: kohya
+    keys in diffusers spelling, fp16, rank 64, alpha 64, every UNet Linear/Conv2d but conv_in, conv_out and the
+    time embedding; ~135 MB). Its values do not matter for speed or memory."""
+    from engine.lora import _layers, diffusers_unet_name
+
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for name, m in _layers(models)["unet"].items():
+        if name.startswith(("input_blocks.0.", "out.", "time_embed.")):
+            continue
+        shape = tuple(m.weight.shape)
+        key = "lora_unet_" + diffusers_unet_name(name, models.unet.config).replace(".", "_")
+        down = (rank, *shape[1:]) if len(shape) == 4 else (rank, shape[1])
+        up = (shape[0], rank, 1, 1) if len(shape) == 4 else (shape[0], rank)
+        out[f"{key}.lora_down.weight"] = (torch.randn(down, generator=g) * 0.01).half()
+        out[f"{key}.lora_up.weight"] = (torch.randn(up, generator=g) * 0.01).half()
+        out[f"{key}.alpha"] = torch.tensor(float(rank), dtype=torch.float16)
+    return out
+
+
+def fast_memory(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """In a fresh process, fast mode as the app runs it (dtype auto): the models, a TAESD, an LCM-LoRA-size
+    LoRA merged at 1.0 (Pipeline.set_loras, which keeps the touched weights' originals for an exact restore),
+    then a 4-step `lcm` generation at guidance 1 with the tiny decode. Peak RSS after loading, over both."""
+    from safetensors.torch import save_file
+
+    dtype, vae_dtype = resolve_dtype(opts.precision, device)
+    models = our_models(random_state(opts.size), device, dtype, vae_dtype)
+    pipe = Pipeline(models, Tokenizer(), device, dtype, vae_dtype, models.path)
+    pipe.set_taesd(random_taesd(device, dtype))
+    out: dict[str, Any] = {"precision": SHORT[dtype]}
+    with tempfile.TemporaryDirectory(prefix="inkpunk-bench-") as tmp:
+        path = Path(tmp) / "lcm-lora-like.safetensors"
+        save_file(lcm_lora_like(models), str(path))
+        out["lora_bytes"] = path.stat().st_size
+        gc.collect()
+        release_freed_memory()  # the drawn random weights' freed memory would hide what fast mode adds
+        out["weights_bytes"] = sum(
+            p.numel() * p.element_size()
+            for m in (pipe.text_encoder, pipe.unet, pipe.vae, pipe.taesd) for p in m.parameters()
+        )
+        out["rss_ready"] = _status_bytes("VmRSS")
+        out["peak_reset"] = reset_peak()
+        started = time.perf_counter()
+        with torch.inference_mode():
+            pipe.set_loras([(path, 1.0)])
+        out["lora_apply_s"] = time.perf_counter() - started
+        out["lora_originals_in_memory"], out["lora_originals_in_file"] = pipe._networks.loras.kept_bytes
+        out["rss_lora"] = _status_bytes("VmRSS")
+        out["lora_peak"] = peak_rss()
+        req = GenerationRequest(prompt=PROMPT, steps=4, width=opts.side, height=opts.side, seed=0, sampler="lcm",
+                                cfg_scale=1.0, decoder="taesd", loras=[(path, 1.0)])
+        started = time.perf_counter()
+        pipe.generate(req, on_step=lambda _e: None)
+        out["generate_s"] = time.perf_counter() - started
+        out["generation_peak"] = peak_rss()
+        out["rss_end"] = _status_bytes("VmRSS")
+    return out
+

@@ -387,3 +387,57 @@ def test_bf16_model_merges_in_fp32_and_restores_exactly(ckpt, tmp_path):
     h16.restore()
     h32.restore()
     assert all(torch.equal(v, originals[k]) for k, v in m16.unet.state_dict().items())
+
+
+@pytest.mark.parametrize(("dtype", "budget"), [(torch.float32, 0), (torch.bfloat16, 0), (torch.float32, 200_000)])
+def test_originals_past_the_memory_budget_go_to_a_file_and_restore_exactly(ckpt, tmp_path, dtype, budget):
+    """A LoRA on every layer (as LCM-LoRA) would double the UNet in RAM: past the budget the originals are
+    written to a temporary file and read back by restore(), bit-for-bit (fused q/k/v views, channels_last and
+    packed convs in use)."""
+    from engine.lora import LoraSet
+
+    models = load_models(ckpt, device="cpu", dtype=dtype)
+    path = tmp_path / "all.safetensors"
+    save_file(random_lora(models, "kohya_diffusers", seed=12), str(path))
+    state = lambda: {**models.unet.state_dict(), **models.text_encoder.state_dict()}  # noqa: E731
+    originals = {k: v.clone() for k, v in state().items()}
+    with torch.no_grad():  # the packed/fused inference layout in use
+        ids = torch.full((1, 77), 49407)
+        models.unet(torch.randn(1, 4, 8, 8, dtype=dtype), 500, models.text_encoder(ids))
+    handle = LoraSet(models, keep_in_memory=budget)
+    handle.apply([(read_lora(path, models), 1.0, 1.0)])
+    in_memory, in_file = handle.kept_bytes
+    assert in_memory <= budget and in_file > 0
+    if budget:
+        assert in_memory > 0  # the budget is used first
+    assert sum(not torch.equal(v, originals[k]) for k, v in state().items()) > 20
+    assert handle.loras[0][0].modules == []  # the merged layers' tensors are not kept
+    # convs packed before the merge are packed again by it, not at the next generation's first call
+    from engine.layers import Conv2d, _packing_available
+
+    packed = [m for m in models.unet.modules() if isinstance(m, Conv2d) and m._pack_shape is not None]
+    assert bool(packed) == _packing_available(dtype)
+    assert all(m._packed for m in packed)
+    handle.restore()
+    assert all(m._packed for m in packed)
+    assert handle.kept_bytes == (0, 0) and not handle.applied
+    assert all(torch.equal(v, originals[k]) for k, v in state().items())
+    attn = models.unet.input_blocks[1][1].transformer_blocks[0].attn1
+    assert attn.fused(torch.zeros(1, 2, attn.to_q.weight.shape[1], dtype=dtype)) is not None
+
+
+def test_originals_stay_in_memory_when_no_temporary_file_can_be_made(ours, tmp_path, monkeypatch):
+    import engine.lora as lora_module
+
+    def no_file(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lora_module.tempfile, "TemporaryFile", no_file)
+    path = tmp_path / "all.safetensors"
+    save_file(random_lora(ours, "kohya_ldm", seed=13), str(path))
+    originals = {k: v.clone() for k, v in ours.unet.state_dict().items()}
+    handle = lora_module.LoraSet(ours, keep_in_memory=0)
+    handle.apply([(read_lora(path, ours), 1.0, 1.0)])
+    assert handle.kept_bytes[1] == 0 and handle.kept_bytes[0] > 0
+    handle.restore()
+    assert all(torch.equal(v, originals[k]) for k, v in ours.unet.state_dict().items())
