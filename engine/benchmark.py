@@ -37,6 +37,7 @@ from engine.devices import DTYPE_NAMES, cpu_has_native_bf16, resolve_device, res
 from engine.measure import (
     FAST_STEPS,
     SHORT,
+    TOME_RATIO,
     bench_fast,
     bench_precision,
     fast_summary,
@@ -173,6 +174,12 @@ def run_fast(opts: argparse.Namespace, device: torch.device, precisions: list[to
         report["results"][SHORT[dtype]] = bench_fast(state, device, dtype, opts.runs, opts.side, whole)
         gc.collect()
     report["fast_vs_default"] = fast_summary(report["results"], device)
+    del state
+    gc.collect()
+    log.info("fast mode's memory (fresh process, an LCM-LoRA-size LoRA merged)")
+    precision = SHORT[precisions[0]] if len(precisions) == 1 else "auto"  # as the whole generations
+    report["memory"] = child(["fast", "--precision", precision, "--size", opts.size, "--side", str(opts.side),
+                              "--device", str(device)])
     if hasattr(os, "getloadavg"):
         report["machine"]["load_average_end"] = os.getloadavg()[0]
     return report
@@ -191,10 +198,19 @@ def format_fast_report(r: dict[str, Any]) -> str:
         for steps in FAST_STEPS if "generate_4_taesd_s" in x else ():
             lines.append(f"  {f'{steps} steps, tiny decode':30s}{x[f'generate_{steps}_taesd_s']:8.2f} s   "
                          f"{f'{steps} steps, full VAE decode':28s}{x[f'generate_{steps}_vae_s']:8.2f} s")
-        if x.get("generation_peak") is not None:
-            note = "" if x["peak_reset"] else " (process peak)"
-            lines.append(f"  {'4-step generation peak':30s}{_gb(x['generation_peak']):>10s}   weights "
-                         f"{_gb(x['weights_bytes'])}, process before it {_gb(x['rss_ready'])}{note}")
+        if "generate_4_taesd_tome_s" in x:
+            lines.append(f"  {'4 steps, tiny, token merging':30s}{x['generate_4_taesd_tome_s']:8.2f} s   "
+                         f"(ratio {TOME_RATIO}, A1111's Token merging ratio)")
+    m = r.get("memory")
+    if m:
+        note = "" if m["peak_reset"] else " (process peak)"
+        lines += ["", (f"fast mode's memory, fresh process ({m['precision']}): weights {_gb(m['weights_bytes'])} "
+                       f"(TAESD included), resident when ready {_gb(m['rss_ready'])}"),
+                  (f"  LCM-LoRA-size LoRA ({m['lora_bytes'] / 1e6:.0f} MB) merged in {m['lora_apply_s']:.1f} s; "
+                   f"originals kept {_gb(m['lora_originals_in_memory'])} in memory, "
+                   f"{_gb(m['lora_originals_in_file'])} in a temporary file"),
+                  (f"  peak over the merge and a 4-step generation {_gb(m['generation_peak'])}{note}: weights + "
+                   f"{_gb(m['generation_peak'] - m['weights_bytes'])}")]
     t = r.get("fast_vs_default")
     if t:
         lines += ["", (f"time to an image ({t['precision']}): fast mode {t['fast_s']:.1f} s (full VAE decode "

@@ -221,6 +221,7 @@ class Pipeline:
         start = self._start(req, sampler, schedule, first, init)
         previewer = StepPreviewer(self.taesd, self.preview_budget) if self._taesd_has("decoder") else None
         progress = _Progress(on_step, started, len(start[0]) - 1, check_cancel, previewer)
+        progress.last_preview = req.decoder != "taesd"  # the tiny decode's image is the next thing shown
         hr = None
         if req.hires is not None:
             hr = hires.fix_steps(req.hires.second_pass_steps(req.steps), req.hires.denoise)
@@ -541,20 +542,19 @@ class _Progress:
         self.on_step, self.started, self.total, self.check_cancel = on_step, started, total, check_cancel
         self.previewer = previewer  # TAESD previews of the x0 estimate; None: the latent colour map
         self.done = 0  # steps of the passes already finished
+        self.last_preview = True  # False: no TAESD preview of the last step (the tiny final decode follows)
         self.cfg_skips: dict[str, float | bool] = {}  # the passes' CFGDenoiser.cfg_skips, for the result
 
     def __call__(self, d: dict) -> None:
         self.check_cancel()
         if self.on_step is not None:
-            self.on_step(
-                StepEvent(
-                    step=self.done + d["i"] + 1,
-                    total=self.total,
-                    elapsed=time.perf_counter() - self.started,
-                    preview=latent_preview(d["denoised"][0]) if self.previewer is None
-                    else self.previewer(d["denoised"]),
-                )
-            )
+            step = self.done + d["i"] + 1
+            if self.previewer is None:
+                preview = latent_preview(d["denoised"][0])
+            else:
+                preview = self.previewer(d["denoised"]) if self.last_preview or step < self.total else None
+            self.on_step(StepEvent(step=step, total=self.total, elapsed=time.perf_counter() - self.started,
+                                   preview=preview))
 
 
 @dataclass

@@ -277,8 +277,13 @@ def test_fast_mode_benchmark_reports_every_figure(tmp_path, capsys):
     fp32 = report["results"]["fp32"]
     for key in ("text_encode_s", "unet_step_batch1_s", "unet_step_batch2_s", "taesd_decode_s", "vae_decode_s",
                 "taesd_preview_s", "generate_4_taesd_s", "generate_4_vae_s", "generate_8_taesd_s",
-                "generate_8_vae_s", "weights_bytes", "generation_peak"):
+                "generate_8_vae_s", "generate_4_taesd_tome_s"):
         assert fp32[key] > 0, key
     assert report["mode"] == "fast" and report["cfg_batch"] == 1
+    memory = report["memory"]  # a fresh process: an LCM-LoRA-layout LoRA merged, a 4-step generation
+    assert memory["precision"] == "fp32" and memory["lora_bytes"] > 0 and memory["lora_apply_s"] > 0
+    assert memory["lora_originals_in_memory"] + memory["lora_originals_in_file"] > 0
+    assert memory["generation_peak"] > memory["weights_bytes"] > 0
     printed = capsys.readouterr().out
     assert "4 steps, tiny decode" in printed and "8 steps, full VAE decode" in printed
+    assert "token merging" in printed and "peak over the merge" in printed

@@ -175,12 +175,15 @@ def test_pipeline_previews_and_decodes_with_taesd(pipe, tmp_path):
         with pytest.raises(engine.CheckpointError):
             pipe.set_taesd(tmp_path / "missing.safetensors")
         assert pipe.taesd is attached  # a failed load keeps the one attached before
-        events = []
+        events, vae_events = [], []
         res = pipe.generate(engine.GenerationRequest(**req, decoder="taesd"), on_step=events.append)
-        vae_res = pipe.generate(engine.GenerationRequest(**req))
+        vae_res = pipe.generate(engine.GenerationRequest(**req), on_step=vae_events.append)
         assert torch.equal(res.latents, plain.latents) and torch.equal(vae_res.latents, plain.latents)
-        assert [e.preview.shape for e in events] == [(64, 64, 3)] * 3  # TAESD of the x0 estimate
-        assert np.array_equal(events[-1].preview, pipe.taesd.preview(res.latents[0]))  # LCM's last x0 is the result
+        assert [e.preview.shape for e in vae_events] == [(64, 64, 3)] * 3  # TAESD of the x0 estimate
+        # LCM's last x0 is the result
+        assert np.array_equal(vae_events[-1].preview, pipe.taesd.preview(vae_res.latents[0]))
+        # with the tiny final decode, whose image is shown next, the last step has no preview of its own
+        assert [e.preview.shape for e in events[:-1]] == [(64, 64, 3)] * 2 and events[-1].preview is None
         expected = _tensor_to_images(pipe.taesd.decode(res.latents))[0]
         assert np.array_equal(np.asarray(res.images[0]), np.asarray(expected))
         assert np.array_equal(np.asarray(vae_res.images[0]), np.asarray(plain.images[0]))  # "vae" unchanged
