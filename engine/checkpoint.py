@@ -356,22 +356,6 @@ def advise_huge_pages(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def release_freed_memory() -> None:
-    """Return the C heap's freed memory to the OS (glibc malloc_trim; a no-op elsewhere).
-
-    Tensors under glibc's mmap threshold (up to 32 MiB) come from the heap, and what is freed there stays in the
-    process until reused. After work that frees many weight-sized tensors at once (a LoRA merge or restore:
-    read file tensors, fp32 scratch copies, unpacked conv weights) that is hundreds of MB of resident memory
-    the next generation would not reuse; trimming costs a few milliseconds.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
-        pass
-
-
 class _Converter:
     """Copies file tensors into new model tensors of the target device, dtype and memory layout.
 

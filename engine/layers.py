@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.devices import release_freed_memory
+
 # Switches for measuring what each fast path buys (python -m engine.benchmark compares with diffusers).
 PACK_CONV_WEIGHTS = True
 PHASE_UPSAMPLE = True
@@ -86,6 +88,7 @@ class Conv2d(nn.Conv2d):
     _pack_shape: tuple[int, ...] | None = None  # the input shape of the last pack(), for repack()
 
     def pack(self, input_shape: torch.Size | tuple[int, ...]) -> None:
+        dense_bytes = self.weight.nbytes
         with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
             packed = torch.ops.mkldnn._reorder_convolution_weight(
                 self.weight, list(self.padding), list(self.stride), list(self.dilation), self.groups,
@@ -94,6 +97,7 @@ class Conv2d(nn.Conv2d):
         self.weight = nn.Parameter(packed, requires_grad=False)
         self._packed = True
         self._pack_shape = tuple(input_shape)
+        _released(dense_bytes)
 
     def repack(self) -> None:
         """Pack again (for the last packed input shape) a weight that was unpacked to change it in place, as
@@ -123,6 +127,21 @@ class Conv2d(nn.Conv2d):
         self.unpack()
         return super()._apply(fn, recurse)
 
+
+
+# Bytes of dense conv weights freed by packing since the heap was last trimmed, and when to trim it. The first
+# call of a model packs every conv: each packed weight is new memory and each dense one a hole in the C heap
+# that the following (differently sized) weights do not fit, so without trimming a bf16 SD1.5 UNet's first
+# step left ~0.45 GiB more resident than the unpacked model's (docs/benchmarks.md, fast mode's memory).
+_RELEASED = [0]
+TRIM_AFTER = 128 * 2**20
+
+
+def _released(nbytes: int) -> None:
+    _RELEASED[0] += nbytes
+    if _RELEASED[0] >= TRIM_AFTER:
+        _RELEASED[0] = 0
+        release_freed_memory()
 
 
 class NearestUpsampleConv:

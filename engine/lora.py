@@ -39,8 +39,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.checkpoint import advise_huge_pages, read_state_dict, release_freed_memory
+from engine.checkpoint import advise_huge_pages, read_state_dict
 from engine.config import UNetConfig
+from engine.devices import release_freed_memory
 from engine.errors import CheckpointError
 from engine.layers import Conv2d as PackedConv2d
 

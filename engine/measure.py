@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from engine.checkpoint import LoadedModels, build, infer_configs, release_freed_memory, split_state_dict
+from engine.checkpoint import LoadedModels, build, infer_configs, split_state_dict
 from engine.clip import TextEncoder
-from engine.devices import resolve_device, resolve_dtype
+from engine.devices import release_freed_memory, resolve_device, resolve_dtype
 from engine.errors import Cancelled
 from engine.pipeline import Pipeline, load_pipeline
 from engine.preview import latent_preview
