@@ -458,6 +458,7 @@ class _Originals:
         self._memory: dict[tuple[str, str], torch.Tensor] = {}
         self._spilled: dict[tuple[str, str], tuple[int, torch.Size, torch.dtype, tuple[int, ...]]] = {}
         self._file: Any = None
+        self._file_failed = False
         self.in_memory = self.spilled = 0
 
     def __contains__(self, key: tuple[str, str]) -> bool:
@@ -469,7 +470,8 @@ class _Originals:
     def keep(self, key: tuple[str, str], weight: torch.Tensor) -> None:
         weight = weight.detach()
         size = weight.numel() * weight.element_size()
-        if self.in_memory + size > self.budget and weight.device.type == "cpu" and _dense(weight):
+        spill = self.in_memory + size > self.budget and not self._file_failed
+        if spill and weight.device.type == "cpu" and _dense(weight):
             try:
                 if self._file is None:
                     self._file = tempfile.TemporaryFile(prefix="inkpunk-lora-originals-")  # noqa: SIM115 (closed by clear)
@@ -478,7 +480,8 @@ class _Originals:
                 self._spilled[key] = (offset, weight.shape, weight.dtype, weight.stride())
                 self.spilled += size
                 return
-            except OSError as e:
+            except OSError as e:  # not again for this LoRA set: the next write would fail the same way
+                self._file_failed = True
                 log.warning("cannot write LoRA originals to a temporary file (%s); keeping them in memory", e)
         copy = advise_huge_pages(torch.empty_strided(weight.shape, weight.stride(), dtype=weight.dtype))
         self._memory[key] = copy.copy_(weight)
@@ -501,6 +504,7 @@ class _Originals:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._file_failed = False
         self.in_memory = self.spilled = 0
 
 
