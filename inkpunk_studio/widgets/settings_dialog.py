@@ -173,14 +173,14 @@ class SettingsDialog(QDialog):
         self.emphasis_combo.setToolTip("How (weights) in the prompt are applied (A1111's Emphasis mode)")
         self._make_cfg_skip_widgets(values)
 
-        self.token_merging_spin = self._ratio_spin(
-            "tokenMergingSpin", values.token_merging_ratio,
+        self.token_merging_spin = self._number_spin(
+            "tokenMergingSpin", values.token_merging_ratio, MAX_TOKEN_MERGING, 0.1,
             "Token merging (ToMe; A1111's Token merging ratio): merges similar tokens in the UNet's largest "
-            "self-attention, trading a little detail for speed, most noticeable on CPUs. 0 = off")
-        self.token_merging_hr_spin = self._ratio_spin(
-            "tokenMergingHrSpin", values.token_merging_ratio_hr,
+            "self-attention, trading a little detail for speed, most noticeable on CPUs. 0 = off", special="Off")
+        self.token_merging_hr_spin = self._number_spin(
+            "tokenMergingHrSpin", values.token_merging_ratio_hr, MAX_TOKEN_MERGING, 0.1,
             "The token merging ratio of the hires fix pass (A1111's Token merging ratio for high-res pass); "
-            "0 = the same as Token merging ratio")
+            "0 = the same as Token merging ratio", special="Same as above")
 
         self.fast_lora_combo = self._choices("fastLoraCombo", FAST_LORAS, FAST_LORA_LABELS, values.fast_lora)
         self.fast_lora_combo.setToolTip("The few-step LoRA the Fast switch uses (downloaded on first use)")
@@ -252,16 +252,11 @@ class SettingsDialog(QDialog):
 
     def _make_cfg_skip_widgets(self, values: SettingsValues) -> None:
         """A1111's uncond skips (engine.denoiser): each skipped step runs the UNet on half the rows."""
-        self.ngms_spin = QDoubleSpinBox(self)
-        self.ngms_spin.setObjectName("ngmsSpin")
-        self.ngms_spin.setRange(0.0, MAX_NGMS)
-        self.ngms_spin.setDecimals(2)
-        self.ngms_spin.setSingleStep(0.1)
-        self.ngms_spin.setValue(values.s_min_uncond)
-        self.ngms_spin.setSpecialValueText("Off")
-        self.ngms_spin.setToolTip("Negative Guidance minimum sigma (A1111's NGMS): below this noise level, skip "
-                                  "the negative prompt on every other step. Faster (those steps cost about half), "
-                                  "but the late details follow the negative prompt less. 0 = off")
+        self.ngms_spin = self._number_spin(
+            "ngmsSpin", values.s_min_uncond, MAX_NGMS, 0.1,
+            "Negative Guidance minimum sigma (A1111's NGMS): below this noise level, skip the negative prompt on "
+            "every other step. Faster (those steps cost about half), but the late details follow the negative "
+            "prompt less. 0 = off", special="Off")
         self.ngms_all_steps_check = QCheckBox("all steps", self)
         self.ngms_all_steps_check.setObjectName("ngmsAllStepsCheck")
         self.ngms_all_steps_check.setChecked(values.s_min_uncond_all)
@@ -272,16 +267,11 @@ class SettingsDialog(QDialog):
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.ngms_spin, 1)
         row.addWidget(self.ngms_all_steps_check)
-        self.skip_early_cfg_spin = QDoubleSpinBox(self)
-        self.skip_early_cfg_spin.setObjectName("skipEarlyCfgSpin")
-        self.skip_early_cfg_spin.setRange(0.0, 1.0)
-        self.skip_early_cfg_spin.setDecimals(2)
-        self.skip_early_cfg_spin.setSingleStep(0.05)
-        self.skip_early_cfg_spin.setValue(values.skip_early_cond)
-        self.skip_early_cfg_spin.setSpecialValueText("Off")
-        self.skip_early_cfg_spin.setToolTip("A1111's Skip Early CFG: ignore the negative prompt (no guidance) for "
-                                            "this fraction of the first steps. Faster and can add variety, but "
-                                            "the composition follows the prompts less. 0 = off")
+        self.skip_early_cfg_spin = self._number_spin(
+            "skipEarlyCfgSpin", values.skip_early_cond, 1.0, 0.05,
+            "A1111's Skip Early CFG: ignore the negative prompt (no guidance) for this fraction of the first "
+            "steps. Faster and can add variety, but the composition follows the prompts less. 0 = off",
+            special="Off")
 
     def _choices(self, name: str, keys: tuple[str, ...], labels: dict[str, str], current: str) -> QComboBox:
         combo = QComboBox(self)
@@ -291,13 +281,16 @@ class SettingsDialog(QDialog):
         combo.setCurrentIndex(max(0, combo.findData(current)))
         return combo
 
-    def _ratio_spin(self, name: str, value: float, tip: str) -> QDoubleSpinBox:
+    def _number_spin(self, name: str, value: float, high: float, step: float, tip: str,
+                     special: str = "") -> QDoubleSpinBox:
+        """A 0..high spin with two decimals; `special` is shown for 0 instead of the number."""
         spin = QDoubleSpinBox(self)
         spin.setObjectName(name)
-        spin.setRange(0.0, MAX_TOKEN_MERGING)
-        spin.setSingleStep(0.1)
+        spin.setRange(0.0, high)
+        spin.setSingleStep(step)
         spin.setDecimals(2)
         spin.setValue(value)
+        spin.setSpecialValueText(special)
         spin.setToolTip(tip)
         return spin
 
