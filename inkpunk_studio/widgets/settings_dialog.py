@@ -46,7 +46,7 @@ CHECKPOINT_FILTER = "Stable Diffusion checkpoints (*.safetensors *.ckpt);;All fi
 
 _DEVICE_LABELS = {"auto": "Automatic (CUDA, then Apple MPS, then CPU)", "cuda": "NVIDIA CUDA",
                   "mps": "Apple Metal (MPS)", "cpu": "CPU"}
-_PRECISION_LABELS = {"auto": "Automatic (fp16 on GPU, fp32 on CPU)", "fp32": "fp32 (full)",
+_PRECISION_LABELS = {"auto": "Automatic (fp16 on GPU; bf16 on CPUs with native bf16, else fp32)", "fp32": "fp32 (full)",
                      "fp16": "fp16 (half)", "bf16": "bf16 (bfloat16)"}
 RNG_LABELS = {"cpu": "CPU", "nv": "NV (GPU-compatible)"}
 # A1111's option labels (modules/sd_emphasis.py: options)
