@@ -23,7 +23,8 @@ from inkpunk_studio.metadata.params import parse_a1111
 from inkpunk_studio.widgets.params_panel import ParamsPanel
 from inkpunk_studio.worker import GenerationParams
 
-HIRES = {"hires": True, "hires_scale": 2.0, "hires_steps": 3, "hires_denoise": 0.55, "hires_upscaler": "Lanczos"}
+HIRES = {"hires": True, "hires_scale": 2.0, "hires_width": 0, "hires_height": 0, "hires_steps": 3,
+         "hires_denoise": 0.55, "hires_upscaler": "Lanczos"}
 
 
 def test_hires_infotext_is_written_as_a1111_and_read_back():
@@ -36,6 +37,7 @@ def test_hires_infotext_is_written_as_a1111_and_read_back():
     assert editing.hires_from_infotext(parsed.extra, parsed.strength) == HIRES
     assert editing.hires_from_infotext({}, 0.3) == {"hires": False}
     assert editing.hires_from_infotext({"Hires upscale": "1.5"}, None) == {"hires": True, "hires_scale": 1.5,
+                                                                           "hires_width": 0, "hires_height": 0,
                                                                            "hires_steps": 0}
     # an init image turns the hires fix off (A1111: txt2img only): nothing about it is written
     img2img = GenerationParams(init_image=Image.new("RGB", (64, 64)), width=64, height=64, strength=0.4, **HIRES)

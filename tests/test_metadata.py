@@ -103,7 +103,7 @@ def test_hires_denoising_is_not_img2img_strength() -> None:
         "x\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, Denoising strength: 0.7, "
         "Hires upscale: 2, Hires upscaler: Latent")
     assert p is not None and p.strength is None and p.extra["Denoising strength"] == "0.7"
-    assert p.notes == ["the hires fix settings are not restored"]
+    assert p.notes == []  # kept in extra: the window restores them (editing.hires_from_infotext)
 
 
 def test_write_format() -> None:
