@@ -192,13 +192,14 @@ def hires_infotext(scale: float, steps: int, upscaler: str, width: int = 0, heig
     """A1111's infotext entries of a hires fix ("Denoising strength" is ImageParams.strength): ``Hires upscale``,
     or ``Hires resize: WxH`` instead when a resize side is set (A1111 processing.py,
     StableDiffusionProcessingTxt2Img.calculate_target_resolution); ``Hires steps`` only when it differs from the
-    first pass's (0), as A1111 writes it."""
+    first pass's (0); then ``Hires upscaler``: the order and rules of StableDiffusionProcessingTxt2Img.init."""
     if width or height:
-        items = {"Hires resize": f"{int(width)}x{int(height)}", "Hires upscaler": upscaler}
+        items = {"Hires resize": f"{int(width)}x{int(height)}"}
     else:
-        items = {"Hires upscale": f"{scale:g}", "Hires upscaler": upscaler}
+        items = {"Hires upscale": f"{scale:g}"}
     if steps:
         items["Hires steps"] = str(int(steps))
+    items["Hires upscaler"] = upscaler
     return items
 
 

@@ -31,7 +31,7 @@ def test_hires_infotext_is_written_as_a1111_and_read_back():
     params = GenerationParams(prompt="a cat", width=64, height=64, steps=4, **HIRES)
     meta = params.image_params(seed=5)
     text = meta.to_parameters_text()
-    assert "Hires upscale: 2, Hires upscaler: Lanczos, Hires steps: 3" in text
+    assert "Hires upscale: 2, Hires steps: 3, Hires upscaler: Lanczos" in text
     assert "Denoising strength: 0.55" in text and "Size: 64x64" in text  # Size: the first pass's, as A1111
     parsed = parse_a1111(text)
     assert editing.hires_from_infotext(parsed.extra, parsed.strength) == HIRES

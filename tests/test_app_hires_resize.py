@@ -29,8 +29,8 @@ RESIZE = {"hires": True, "hires_scale": 2.0, "hires_width": 128, "hires_height":
 def test_resize_is_written_as_a1111_read_back_and_kept_by_queued_jobs():
     params = GenerationParams(prompt="a cat", width=64, height=64, steps=2, **RESIZE)
     text = params.image_params(seed=3).to_parameters_text()
-    # A1111 calculate_target_resolution: "Hires resize" replaces "Hires upscale"
-    assert "Hires resize: 128x96, Hires upscaler: Latent, Hires steps: 2" in text
+    # A1111 calculate_target_resolution: "Hires resize" replaces "Hires upscale"; init's key order
+    assert "Hires resize: 128x96, Hires steps: 2, Hires upscaler: Latent" in text
     assert "Hires upscale:" not in text
     parsed = parse_a1111(text)
     assert parsed.notes == [] and parsed.strength is None
