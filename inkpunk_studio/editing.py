@@ -6,6 +6,7 @@ Everything here works on PIL images (a mask is mode "L", white = repaint, black 
 
 from __future__ import annotations
 
+import re
 from io import BytesIO
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def upscaled_path(image_path: str | Path, factor: int) -> Path:
 
 # --- hires fix (engine.hires.HiresFix, A1111's txt2img hires fix) --------------------------------------------
 # Infotext keys as A1111 writes them (processing.py, StableDiffusionProcessingTxt2Img.init: extra_generation_params)
-HIRES_KEYS = ("Hires upscale", "Hires steps", "Hires upscaler")
+HIRES_KEYS = ("Hires upscale", "Hires resize", "Hires steps", "Hires upscaler")
 
 
 def engine_takes(name: str) -> bool:
@@ -176,30 +177,48 @@ def hires_upscalers() -> tuple[str, ...]:
     return tuple(UPSCALERS)
 
 
-def hires_fix(scale: float, steps: int, denoise: float, upscaler: str):
-    """An ``engine.HiresFix`` (ValueError for bad values, or when the engine has no hires fix)."""
+def hires_fix(scale: float, steps: int, denoise: float, upscaler: str, width: int = 0, height: int = 0):
+    """An ``engine.HiresFix`` (ValueError for bad values, or when the engine has no hires fix). width/height:
+    "Resize to" (0 x 0: the scale)."""
     if not engine_has_hires():
         raise ValueError("hires fix is not available in this build: turn it off")
     from engine.hires import HiresFix
 
-    return HiresFix(scale=float(scale), steps=int(steps), denoise=float(denoise), upscaler=upscaler)
+    return HiresFix(scale=float(scale), width=int(width), height=int(height), steps=int(steps),
+                    denoise=float(denoise), upscaler=upscaler)
 
 
-def hires_infotext(scale: float, steps: int, upscaler: str) -> dict[str, str]:
-    """A1111's infotext entries of a hires fix ("Denoising strength" is ImageParams.strength): ``Hires steps``
-    only when it differs from the first pass's (0), as A1111 writes it."""
-    items = {"Hires upscale": f"{scale:g}", "Hires upscaler": upscaler}
+def hires_infotext(scale: float, steps: int, upscaler: str, width: int = 0, height: int = 0) -> dict[str, str]:
+    """A1111's infotext entries of a hires fix ("Denoising strength" is ImageParams.strength): ``Hires upscale``,
+    or ``Hires resize: WxH`` instead when a resize side is set (A1111 processing.py,
+    StableDiffusionProcessingTxt2Img.calculate_target_resolution); ``Hires steps`` only when it differs from the
+    first pass's (0); then ``Hires upscaler``: the order and rules of StableDiffusionProcessingTxt2Img.init."""
+    if width or height:
+        items = {"Hires resize": f"{int(width)}x{int(height)}"}
+    else:
+        items = {"Hires upscale": f"{scale:g}"}
     if steps:
         items["Hires steps"] = str(int(steps))
+    items["Hires upscaler"] = upscaler
     return items
+
+
+_RE_HIRES_RESIZE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
 
 
 def hires_from_infotext(extra: dict[str, str], strength: float | None) -> dict:
     """HiresSection.set_values arguments from an image's infotext: hires on with its values when it has
-    ``Hires upscale``, else hires off. Unreadable numbers are left out (the controls keep theirs)."""
-    if "Hires upscale" not in extra:
+    ``Hires upscale`` or ``Hires resize``, else hires off. Without ``Hires resize`` the resize is 0 x 0 (A1111
+    infotext_utils.parse_generation_parameters: "Hires resize-1/-2" default 0). Unreadable numbers are left
+    out (the controls keep theirs)."""
+    if "Hires upscale" not in extra and "Hires resize" not in extra:
         return {"hires": False}
-    values: dict = {"hires": True}
+    values: dict = {"hires": True, "hires_width": 0, "hires_height": 0}
+    if "Hires resize" in extra:
+        if m := _RE_HIRES_RESIZE.match(extra["Hires resize"]):
+            values["hires_width"], values["hires_height"] = int(m.group(1)), int(m.group(2))
+        else:
+            del values["hires_width"], values["hires_height"]
     for key, name, kind in (("Hires upscale", "hires_scale", float), ("Hires steps", "hires_steps", int)):
         try:
             values[name] = kind(extra[key]) if key in extra else (0 if kind is int else None)
@@ -248,6 +267,50 @@ def only_masked_paste(result: Image.Image, image: Image.Image, mask: Image.Image
 def only_masked_infotext(padding: int) -> dict[str, str]:
     """A1111's infotext entries for "Only masked" (written only when it is on)."""
     return {"Inpaint area": "Only masked", "Masked area padding": str(int(padding))}
+
+
+INPAINT_KEYS = ("Mask blur", "Masked content", *ONLY_MASKED_KEYS)  # every inpainting key A1111 writes
+# said when an inpainted image is restored: PNG metadata holds no mask (ours is saved beside as name.mask.png)
+MASK_NOT_STORED = ("the mask (not stored in the image: paint it again; an image made here brings its "
+                   "saved mask back when it is shown)")
+
+
+def inpaint_infotext(mask_blur: int, masked_content: str, only_masked_padding: int | None = None
+                     ) -> dict[str, str]:
+    """A1111's infotext entries of an inpainting, in its order (processing.py,
+    StableDiffusionProcessingImg2Img.init, v1.10): ``Mask blur`` only when above 0, with "Only masked" (a
+    padding given) ``Inpaint area`` and ``Masked area padding``, then ``Masked content`` when not "original"."""
+    items = {"Mask blur": str(int(mask_blur))} if int(mask_blur) > 0 else {}
+    if only_masked_padding is not None:
+        items.update(only_masked_infotext(only_masked_padding))
+    if masked_content != "original":
+        items["Masked content"] = masked_content
+    return items
+
+
+def is_inpainting(extra: dict[str, str]) -> bool:
+    """Whether an image's infotext says it was inpainted (a mask blur of 0, "original" content and the whole
+    picture leave no trace, as in A1111)."""
+    return any(key in extra for key in INPAINT_KEYS)
+
+
+def inpaint_from_infotext(extra: dict[str, str]) -> tuple[dict, list[str]]:
+    """(MaskEditor.set_inpaint_values arguments, notes) from an image's infotext: only_masked always (off
+    without ``Inpaint area``, A1111's "Whole picture"), and for an inpainted image also its mask blur (0
+    without ``Mask blur``, which A1111 writes only above 0), masked content ("original" without the key) and
+    padding. Unreadable values are left out and noted (the controls keep theirs)."""
+    values = only_masked_from_infotext(extra)
+    notes: list[str] = []
+    if "Masked area padding" in extra and "mask_padding" not in values:
+        notes.append(f"Masked area padding {extra['Masked area padding']!r} is not a usable value")
+    if not is_inpainting(extra):
+        return values, notes
+    try:
+        values["mask_blur"] = int(extra.get("Mask blur", "0"))
+    except ValueError:
+        notes.append(f"Mask blur {extra['Mask blur']!r} is not a usable value")
+    values["masked_content"] = extra.get("Masked content", "original")
+    return values, notes
 
 
 def only_masked_from_infotext(extra: dict[str, str]) -> dict:

@@ -31,7 +31,7 @@ import engine
 
 from . import history, paths
 from . import queue as job_queue
-from .editing import hires_from_infotext, only_masked_from_infotext
+from .editing import MASK_NOT_STORED, hires_from_infotext, inpaint_from_infotext, is_inpainting
 from .fast_mode import FastModeController
 from .favorites import FavoritesController, library_dir
 from .fileio import check_output_folder
@@ -284,7 +284,10 @@ class MainWindow(QMainWindow):
             **hires_from_infotext(meta.extra, meta.strength))
         if meta.strength is not None:
             self.init_panel.set_strength(meta.strength)
-        self.mask_editor.set_inpaint_values(**only_masked_from_infotext(meta.extra))
+        inpaint, inpaint_notes = inpaint_from_infotext(meta.extra)  # mask blur, content, only masked, padding
+        notes += inpaint_notes + self.mask_editor.set_inpaint_values(**inpaint)
+        if is_inpainting(meta.extra):
+            notes.append(MASK_NOT_STORED)
         changed = self._restore_sampling_settings(meta, notes)
         message = "Parameters restored"
         if changed:

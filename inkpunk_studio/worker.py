@@ -94,6 +94,8 @@ class GenerationParams:
     # A1111's hires fix (txt2img only; the side panel's HiresSection -> editing.hires_fix -> request.hires)
     hires: bool = False
     hires_scale: float = 2.0
+    hires_width: int = 0  # "Resize to" (A1111's Hires resize); 0 x 0: the scale
+    hires_height: int = 0
     hires_steps: int = 0  # 0: the first pass's steps
     hires_denoise: float = 0.7
     hires_upscaler: str = "Latent"
@@ -108,7 +110,7 @@ class GenerationParams:
               "batch_count", "strength", "schedule", "clip_skip", "variation_seed", "variation_strength", "rng",
               "ensd", "emphasis", "hires", "hires_scale", "hires_steps", "hires_denoise", "hires_upscaler",
               "only_masked", "mask_padding", "skip_early_cond", "s_min_uncond", "s_min_uncond_all")
-    _PLAIN += ("token_merging_ratio", "token_merging_ratio_hr")
+    _PLAIN += ("token_merging_ratio", "token_merging_ratio_hr", "hires_width", "hires_height")
     _OPTIONAL_INTS = ("seed", "variation_seed")
 
     @property
@@ -164,8 +166,8 @@ class GenerationParams:
 
     def hires_values(self) -> dict[str, Any]:
         """The hires fix fields, as ParamsPanel.set_values takes them."""
-        return {name: getattr(self, name) for name in ("hires", "hires_scale", "hires_steps", "hires_denoise",
-                                                       "hires_upscaler")}
+        return {name: getattr(self, name) for name in ("hires", "hires_scale", "hires_width", "hires_height",
+                                                       "hires_steps", "hires_denoise", "hires_upscaler")}
 
     @property
     def uses_hires(self) -> bool:
@@ -179,7 +181,7 @@ class GenerationParams:
         if not self.uses_hires:
             return {}
         return {"hires": editing.hires_fix(self.hires_scale, self.hires_steps, self.hires_denoise,
-                                          self.hires_upscaler)}
+                                          self.hires_upscaler, self.hires_width, self.hires_height)}
 
     def image_params(self, seed: int, model_name: str = "", model_hash: str = "",
                      variation_seed: int | None = None) -> ImageParams:
@@ -191,13 +193,11 @@ class GenerationParams:
         extra = {}
         if self.uses_hires:  # A1111 writes the hires pass's denoise as "Denoising strength"
             strength = self.hires_denoise
-            extra = editing.hires_infotext(self.hires_scale, self.hires_steps, self.hires_upscaler)
+            extra = editing.hires_infotext(self.hires_scale, self.hires_steps, self.hires_upscaler,
+                                           self.hires_width, self.hires_height)
         if self.mask is not None and self.init_image is not None:  # A1111 StableDiffusionProcessingImg2Img.init
-            extra = {"Mask blur": str(int(self.mask_blur))}
-            if self.masked_content != "original":  # A1111 writes "Masked content" only when not the default
-                extra["Masked content"] = self.masked_content
-            if self.only_masked:
-                extra.update(editing.only_masked_infotext(self.mask_padding))
+            extra = editing.inpaint_infotext(self.mask_blur, self.masked_content,
+                                             self.mask_padding if self.only_masked else None)
         return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
                            sampler=self.sampler, cfg_scale=self.cfg_scale, seed=seed, width=self.width,
                            height=self.height, model_name=model_name, model_hash=model_hash,

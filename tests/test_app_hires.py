@@ -23,19 +23,21 @@ from inkpunk_studio.metadata.params import parse_a1111
 from inkpunk_studio.widgets.params_panel import ParamsPanel
 from inkpunk_studio.worker import GenerationParams
 
-HIRES = {"hires": True, "hires_scale": 2.0, "hires_steps": 3, "hires_denoise": 0.55, "hires_upscaler": "Lanczos"}
+HIRES = {"hires": True, "hires_scale": 2.0, "hires_width": 0, "hires_height": 0, "hires_steps": 3,
+         "hires_denoise": 0.55, "hires_upscaler": "Lanczos"}
 
 
 def test_hires_infotext_is_written_as_a1111_and_read_back():
     params = GenerationParams(prompt="a cat", width=64, height=64, steps=4, **HIRES)
     meta = params.image_params(seed=5)
     text = meta.to_parameters_text()
-    assert "Hires upscale: 2, Hires upscaler: Lanczos, Hires steps: 3" in text
+    assert "Hires upscale: 2, Hires steps: 3, Hires upscaler: Lanczos" in text
     assert "Denoising strength: 0.55" in text and "Size: 64x64" in text  # Size: the first pass's, as A1111
     parsed = parse_a1111(text)
     assert editing.hires_from_infotext(parsed.extra, parsed.strength) == HIRES
     assert editing.hires_from_infotext({}, 0.3) == {"hires": False}
     assert editing.hires_from_infotext({"Hires upscale": "1.5"}, None) == {"hires": True, "hires_scale": 1.5,
+                                                                           "hires_width": 0, "hires_height": 0,
                                                                            "hires_steps": 0}
     # an init image turns the hires fix off (A1111: txt2img only): nothing about it is written
     img2img = GenerationParams(init_image=Image.new("RGB", (64, 64)), width=64, height=64, strength=0.4, **HIRES)

@@ -102,3 +102,37 @@ def test_outpainting_extends_the_image_and_keeps_the_old_part(qtbot, open_window
     strip = after[:, 64:]
     assert strip.std() > 1  # the new part was generated, not left as the stretched edge
     assert (read_params(grown).width, read_params(grown).height) == (96, 64)
+
+
+def test_restore_sets_the_inpainting_options_and_says_the_mask_is_not_in_the_image(qtbot, open_window,
+                                                                                   tiny_checkpoint):
+    window = open_window(checkpoint=tiny_checkpoint)
+    set_small_params(window, steps=2)
+    first = _generate(qtbot, window)
+    editor = window.mask_editor
+    editor.set_mask_mode(True)
+    content = "fill" if "fill" in editing.supported_masked_content() else "original"
+    assert editor.set_inpaint_values(only_masked=True, mask_padding=8, mask_blur=3, masked_content=content) == []
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (20, 20, 40, 40))
+    editor.layer.set_pil(mask, undoable=False)
+    second = _generate(qtbot, window)
+    with Image.open(second) as image:
+        text = image.info["parameters"]
+    assert "Mask blur: 3, Inpaint area: Only masked, Masked area padding: 8" in text
+    assert ("Masked content: fill" in text) == (content == "fill")
+
+    def options() -> tuple:
+        return (editor.only_masked_check.isChecked(), editor.padding_spin.value(), editor.blur_spin.value(),
+                editor.content_combo.currentData())
+
+    editor.set_inpaint_values(only_masked=False, mask_padding=40, mask_blur=9, masked_content="original")
+    window.restore_from_file(str(second))
+    qtbot.waitUntil(lambda: editor.only_masked_check.isChecked(), timeout=5000)
+    assert options() == (True, 8, 3, content)
+    assert editing.MASK_NOT_STORED in window.statusBar().currentMessage()
+    # a txt2img picture: the whole picture again, blur and content as they were, and no word about a mask
+    notes = window.apply_image_params(read_params(first))
+    assert options() == (False, 8, 3, content) and editing.MASK_NOT_STORED not in notes
+    assert editor.set_inpaint_values(mask_blur=99, masked_content="sparkles") == [
+        "mask blur 99 -> 64", "masked content 'sparkles' is not available"]

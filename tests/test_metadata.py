@@ -103,7 +103,7 @@ def test_hires_denoising_is_not_img2img_strength() -> None:
         "x\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, Denoising strength: 0.7, "
         "Hires upscale: 2, Hires upscaler: Latent")
     assert p is not None and p.strength is None and p.extra["Denoising strength"] == "0.7"
-    assert p.notes == ["the hires fix settings are not restored"]
+    assert p.notes == []  # kept in extra: the window restores them (editing.hires_from_infotext)
 
 
 def test_write_format() -> None:
@@ -302,3 +302,38 @@ def test_display_names_match_the_engine() -> None:
     from inkpunk_studio.metadata import DISPLAY_NAMES
 
     assert ENGINE_NAMES.items() <= DISPLAY_NAMES.items()
+
+
+def test_inpainting_keys_round_trip_as_a1111_writes_them() -> None:
+    """A1111 v1.10 (processing.py, StableDiffusionProcessingImg2Img.init) writes Mask blur (only above 0),
+    Inpaint area and Masked area padding ("Only masked"), then Masked content (not for "original")."""
+    from PIL import Image
+
+    from inkpunk_studio import editing
+    from inkpunk_studio.worker import GenerationParams
+
+    text = ("x\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, Denoising strength: 0.75, "
+            "Mask blur: 6, Inpaint area: Only masked, Masked area padding: 48, Masked content: latent noise")
+    p = ImageParams.from_parameters_text(text)
+    assert p is not None and p.notes == [] and p.strength == 0.75
+    assert editing.is_inpainting(p.extra)
+    assert editing.inpaint_from_infotext(p.extra) == (
+        {"only_masked": True, "mask_padding": 48, "mask_blur": 6, "masked_content": "latent noise"}, [])
+    again = ImageParams.from_parameters_text(p.to_parameters_text())
+    assert again is not None and list(again.extra.items()) == list(p.extra.items())
+    # no Mask blur on an inpainting image: A1111 had 0; no Masked content: "original"; no area: whole picture
+    assert editing.inpaint_from_infotext({"Masked content": "fill"}) == (
+        {"only_masked": False, "mask_blur": 0, "masked_content": "fill"}, [])
+    # a picture that was not inpainted leaves blur and content alone (and turns Only masked off)
+    assert editing.inpaint_from_infotext({}) == ({"only_masked": False}, []) and not editing.is_inpainting({})
+    assert editing.inpaint_from_infotext({"Mask blur": "soft"}) == (
+        {"only_masked": False, "masked_content": "original"}, ["Mask blur 'soft' is not a usable value"])
+
+    image, mask = Image.new("RGB", (64, 64)), Image.new("L", (64, 64), 255)
+    ours = GenerationParams(prompt="x", width=64, height=64, init_image=image, mask=mask, mask_blur=3,
+                            masked_content="latent nothing", only_masked=True, mask_padding=16)
+    assert list(ours.image_params(seed=1).extra.items()) == [
+        ("Mask blur", "3"), ("Inpaint area", "Only masked"), ("Masked area padding", "16"),
+        ("Masked content", "latent nothing")]
+    ours.mask_blur, ours.masked_content, ours.only_masked = 0, "original", False
+    assert ours.image_params(seed=1).extra == {}  # A1111 writes nothing for these defaults

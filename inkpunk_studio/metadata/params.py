@@ -48,6 +48,8 @@ _FIELD_KEYS = {"Steps", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE
 _CFG_SKIP_KEYS = {"Skip Early CFG", "NGMS", "NGMS all steps"}  # the ImageParams uncond-skip fields below
 _FIELD_KEYS |= _CFG_SKIP_KEYS
 _FIELD_KEYS |= {"Token merging ratio", "Token merging ratio hr"}  # token merging (engine.tome)
+# A1111's hires fix keys the window restores (the side panel's hires section; "Hires resize" is "Resize to")
+HIRES_RESTORED = {"Hires upscale", "Hires resize", "Hires steps", "Hires upscaler"}
 
 
 @dataclass
@@ -304,8 +306,10 @@ def apply_a1111(p: ImageParams, raw: dict[str, str]) -> None:
             else:
                 p.notes.append(f"{key} {rest[key]!r} is not available")
     _apply_cfg_skips(p, take, rest)
-    if hires:
-        p.notes.append("the hires fix settings are not restored")
+    # the hires fix stays in extra (the window restores it: editing.hires_from_infotext); what it cannot take
+    # (A1111's hires sampler, prompts, CFG scale, checkpoint, schedule type) is said
+    p.notes += [f"{key} is not restored" for key in rest
+                if key.startswith("Hires") and key not in HIRES_RESTORED]
     if "Variation seed" in rest or "Variation seed strength" in rest:
         seed = take("Variation seed", int)
         strength = take("Variation seed strength", float, lambda v: 0 <= v <= 1)

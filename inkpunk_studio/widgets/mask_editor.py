@@ -293,12 +293,26 @@ class MaskEditor(QObject):
         params.masked_content = self.content_combo.currentData()
         return True
 
-    def set_inpaint_values(self, only_masked: bool | None = None, mask_padding: int | None = None) -> None:
-        """Restore the inpaint area options (editing.only_masked_from_infotext gives the arguments)."""
+    def set_inpaint_values(self, only_masked: bool | None = None, mask_padding: int | None = None,
+                           mask_blur: int | None = None, masked_content: str | None = None) -> list[str]:
+        """Restore the inpainting options (editing.inpaint_from_infotext gives the arguments); returns notes for
+        values the controls could not take as given."""
+        notes: list[str] = []
         if only_masked is not None:
             self.only_masked_check.setChecked(bool(only_masked))
-        if mask_padding is not None:
-            self.padding_spin.setValue(int(mask_padding))
+        for spin, value, label in ((self.padding_spin, mask_padding, "masked area padding"),
+                                   (self.blur_spin, mask_blur, "mask blur")):
+            if value is not None:
+                spin.setValue(int(value))
+                if spin.value() != int(value):
+                    notes.append(f"{label} {value} -> {spin.value()}")
+        if masked_content is not None:
+            index = self.content_combo.findData(masked_content)
+            if index >= 0 and masked_content in editing.supported_masked_content():
+                self.content_combo.setCurrentIndex(index)
+            else:
+                notes.append(f"masked content {masked_content!r} is not available")
+        return notes
 
     # ------------------------------------------------------------------ outpainting and upscaling
     def extend(self, side: str) -> None:

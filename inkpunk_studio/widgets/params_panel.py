@@ -218,6 +218,9 @@ class ParamsPanel(QWidget):
 
         self._build_advanced()
         self.hires_section = HiresSection(self)
+        for combo in (self.width_combo, self.height_combo):  # the hires result line follows the size
+            combo.valueChanged.connect(lambda _v: self.hires_section.set_base_size(
+                self.width_combo.value(), self.height_combo.value()))
 
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
@@ -384,7 +387,8 @@ class ParamsPanel(QWidget):
                    **hires: object) -> list[str]:
         """Set what is given; returns notes about values that had to be adjusted to fit the controls or could
         not be set. An old combined sampler name ("dpmpp_2m_karras") sets its sampler and schedule. ``hires``:
-        HiresSection.set_values arguments (hires, hires_scale, hires_steps, hires_denoise, hires_upscaler)."""
+        HiresSection.set_values arguments (hires, hires_scale, hires_width, hires_height, hires_steps,
+        hires_denoise, hires_upscaler)."""
         notes: list[str] = self.hires_section.set_values(**hires)
         if sampler is not None and sampler in engine.LEGACY_NAMES:
             sampler, implied = engine.LEGACY_NAMES[sampler]
