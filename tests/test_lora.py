@@ -399,7 +399,9 @@ def test_originals_past_the_memory_budget_go_to_a_file_and_restore_exactly(ckpt,
     models = load_models(ckpt, device="cpu", dtype=dtype)
     path = tmp_path / "all.safetensors"
     save_file(random_lora(models, "kohya_diffusers", seed=12), str(path))
-    state = lambda: {**models.unet.state_dict(), **models.text_encoder.state_dict()}  # noqa: E731
+    def state() -> dict[str, torch.Tensor]:
+        return {**models.unet.state_dict(), **models.text_encoder.state_dict()}
+
     originals = {k: v.clone() for k, v in state().items()}
     with torch.no_grad():  # the packed/fused inference layout in use
         ids = torch.full((1, 77), 49407)
