@@ -4,7 +4,8 @@ Layout: a sidebar (prompts, the img2img init image, parameters, Generate/Cancel 
 on the right two tabs, the canvas with its toolbar row (restore, star) and the favorites Library (Ctrl+L),
 above the history strip. The window only wires things together: widgets emit what the person did, the
 window turns it into a GenerationParams/GenerationJob for the WorkerHost, and the host's plain-data signals
-come back to widget methods. Favorites are wired by :class:`FavoritesController`.
+come back to widget methods. Favorites are wired by :class:`FavoritesController`; the job run loop (the queue's
+jobs on the worker, their progress, images and outcome) is :class:`RunController`'s.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from . import queue as job_queue
 from .editing import hires_from_infotext, only_masked_from_infotext
 from .fast_mode import FastModeController
 from .favorites import FavoritesController, library_dir
-from .fileio import check_output_folder
 from .first_run import CHECKPOINT_FILTER, FirstRunDialog
 from .metadata import ImageParams, read_params
 from .networks_ui import NetworksController
@@ -329,15 +329,7 @@ class MainWindow(QMainWindow):
         except ValueError as exc:
             self.show_error("Can't generate", str(exc))
             return False
-        folder = self.output_dir()
-        need = (params.width * params.height * 3 + (64 << 10)) * params.batch_count  # PNG, at worst uncompressed
-        problem = check_output_folder(folder, need)
-        if problem is not None:
-            self.show_error("Can't save images to the output folder",
-                            f"{problem}\n\nChoose another output folder in Settings (File ▸ Settings…).",
-                            actions=(("Settings…", self.show_settings),))
-            return False
-        return self.runs.submit(params, folder)  # asks first about a very large size (``size_box``)
+        return self.runs.submit(params, self.output_dir())  # checks the folder, asks about a very large size
 
     def sd_upscale(self, path: str, factor: int, strength: float) -> bool:
         """SD upscale of the saved image ``path`` (issue 15): its parameters go into the panels (as a restore

@@ -8,7 +8,7 @@ signals into canvas, history strip, run bar and status updates; a finished, canc
 the queue and the next one starts.
 
 The window keeps the widgets and the user-facing entry points (``generate()``, ``cancel()``,
-``remove_job()``, ``sd_upscale()``), which read the panels and call in here. Like the favorites controller,
+``remove_job()``, ``sd_upscale()``), which read and validate the panels and call in here. Like the favorites controller,
 this module doesn't import the main window: the window passes itself as a :class:`RunHost`.
 """
 
@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import QMessageBox, QStatusBar
 
+from .fileio import check_output_folder
 from .metadata import DISPLAY_NAMES, ImageParams
 from .queue import JobQueue
 from .saving import UnsavedImages
@@ -61,6 +62,8 @@ class RunHost(Protocol):
 
     def show_error(self, title: str, text: str, offer_checkpoint: bool = False,
                    actions: tuple[tuple[str, Any], ...] = ()) -> Any: ...
+
+    def show_settings(self) -> None: ...
 
 
 class RunController(QObject):
@@ -108,8 +111,16 @@ class RunController(QObject):
 
     # ------------------------------------------------------------------ starting
     def submit(self, params: GenerationParams, folder: Path) -> bool:
-        """Queue a checked job, unless its size is very large for this device: then the person is asked
-        first (``size_box``; "Generate Anyway" queues it) and False is returned."""
+        """Queue a validated job to save into ``folder``. False, with a message, when the folder can't take its
+        images; False too when its size is very large for this device: the person is asked first
+        (``size_box``; "Generate Anyway" queues it)."""
+        need = (params.width * params.height * 3 + (64 << 10)) * params.batch_count  # PNG, at worst uncompressed
+        problem = check_output_folder(folder, need)
+        if problem is not None:
+            self.window.show_error("Can't save images to the output folder",
+                                   f"{problem}\n\nChoose another output folder in Settings (File ▸ Settings…).",
+                                   actions=(("Settings…", self.window.show_settings),))
+            return False
         device = self.device_key()
         warning = size_warning(params.width, params.height, params.steps, params.batch_count, device,
                                self.step_times.estimate(device, params.width, params.height))

@@ -1,5 +1,5 @@
 """The job queue in the real window: Generate while busy queues a snapshot; order, pause, remove, duplicate,
-and the queue surviving a restart (the interrupted job starts again)."""
+the queue surviving a restart (the interrupted job starts again), and reordering by drag and drop."""
 # ruff: noqa: F811  (pytest fixtures imported from fixtures_app are redefined as test arguments)
 
 from __future__ import annotations
