@@ -97,11 +97,6 @@ class RunController(QObject):
         self.host.failed.connect(self._on_failed)
         self.queue.pausedChanged.connect(lambda paused: paused or self._run_next_later())
 
-    @property
-    def job(self) -> GenerationJob | None:
-        """The running job (None while idle)."""
-        return self._job
-
     def close(self) -> None:
         """The window is closing: start nothing more."""
         self.closed = True
