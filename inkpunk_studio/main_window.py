@@ -4,7 +4,8 @@ Layout: a sidebar (prompts, the img2img init image, parameters, Generate/Cancel 
 on the right two tabs, the canvas with its toolbar row (restore, star) and the favorites Library (Ctrl+L),
 above the history strip. The window only wires things together: widgets emit what the person did, the
 window turns it into a GenerationParams/GenerationJob for the WorkerHost, and the host's plain-data signals
-come back to widget methods. Favorites are wired by :class:`FavoritesController`.
+come back to widget methods. Favorites are wired by :class:`FavoritesController`; the job run loop (the queue's
+jobs on the worker, their progress, images and outcome) is :class:`RunController`'s.
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ from . import queue as job_queue
 from .editing import MASK_NOT_STORED, hires_from_infotext, inpaint_from_infotext, is_inpainting
 from .fast_mode import FastModeController
 from .favorites import FavoritesController, library_dir
-from .fileio import check_output_folder
 from .first_run import CHECKPOINT_FILTER, FirstRunDialog
-from .metadata import DISPLAY_NAMES, ImageParams, read_params
+from .metadata import ImageParams, read_params
 from .networks_ui import NetworksController
+from .run_controller import RunController, caption
 from .saving import UnsavedImages
 from .sd_upscale import SdUpscale
 from .settings import AppSettings
-from .step_times import StepTimes, size_warning
+from .step_times import StepTimes
 from .widgets.canvas import CanvasPanel
 from .widgets.history_strip import HistoryStrip
 from .widgets.init_image_panel import InitImagePanel
@@ -54,14 +55,6 @@ from .widgets.settings_dialog import SettingsDialog, SettingsValues
 from .worker import AsyncTasks, GenerationJob, GenerationParams, WorkerHost
 
 log = logging.getLogger(__name__)
-
-
-def _caption(path: str, params: ImageParams | None) -> str:
-    name = Path(path).name
-    if params is None:
-        return name
-    sampler = DISPLAY_NAMES.get(params.sampler or "", params.sampler or "unknown sampler")
-    return f"{name}  ·  seed {params.seed}  ·  {params.width}×{params.height}  ·  {sampler}, {params.steps} steps"
 
 
 class MainWindow(QMainWindow):
@@ -81,15 +74,10 @@ class MainWindow(QMainWindow):
         self._closed = False
         self._history_task = None
         self._show_serial = 0  # the latest image asked for wins when several load at once
-        self._job: GenerationJob | None = None  # the running one
-        self._last_progress: dict | None = None
-        self._unsaved_in_run = 0
-        self.size_box: QMessageBox | None = None
 
         self.tasks = AsyncTasks()
         self.host = WorkerHost(self)
         self.unsaved = UnsavedImages(self.tasks, self)
-        self.step_times = StepTimes(self.data_dir / "step_times.json")
         self.prompt_panel = PromptPanel(self.tasks, load_presets(paths.resource_path("presets.json")))
         self.prompt_panel.set_emphasis(settings.emphasis)  # the token counters count as the encoder will
         self.init_panel = InitImagePanel(self.tasks)
@@ -105,6 +93,7 @@ class MainWindow(QMainWindow):
         self.networks = NetworksController(self)  # Networks tab, model combo, LoRA/embedding/VAE resolution
         self.model_label = QLabel("No model")
         self.model_label.setObjectName("modelStatusLabel")
+        self.runs = RunController(self, self.data_dir / "step_times.json")  # the queue's jobs on the worker
         self._build_layout()
         self._build_menus()
         self._connect()
@@ -217,16 +206,11 @@ class MainWindow(QMainWindow):
         self.run_bar.cancel_button.clicked.connect(self.cancel)
         self.host.stateChanged.connect(self._on_model_state)
         self.host.modelFailed.connect(self._on_model_failed)
-        self.host.progress.connect(self._on_progress)
-        self.host.imageSaved.connect(self._on_image_saved)
-        self.host.imageUnsaved.connect(self._on_image_unsaved)
         self.canvas_panel.saveAsRequested.connect(self.unsaved.save_as)
         self.unsaved.changed.connect(lambda count: self.save_unsaved_action.setEnabled(count > 0))
-        self.unsaved.saved.connect(self._on_unsaved_saved)
         self.unsaved.saveFailed.connect(lambda _key, message: self.show_error("Could not save the image", message))
-        self.host.finished.connect(self._on_finished)
-        self.host.cancelled.connect(self._on_cancelled)
-        self.host.failed.connect(self._on_failed)
+        self.runs.finished.connect(self.generationFinished)
+        self.runs.cancelled.connect(self.generationCancelled)
         self.history_strip.imageSelected.connect(self.show_history_image)
         self.canvas_panel.restoreRequested.connect(self.restore_from_file)
         self.prompt_panel.presetApplied.connect(self._on_preset)
@@ -240,7 +224,6 @@ class MainWindow(QMainWindow):
         self.favorites.install_history_menu(self.history_strip)
         self.queue_view.removeRequested.connect(self.remove_job)
         self.queue.storeFailed.connect(self._show_status)
-        self.queue.pausedChanged.connect(lambda paused: paused or self._run_next_later())
         self.mask_editor.message.connect(self._show_status)
         self.mask_editor.imageWritten.connect(lambda _path: self.reload_history())
         self.mask_editor.sdUpscaleRequested.connect(self.sd_upscale)
@@ -349,21 +332,7 @@ class MainWindow(QMainWindow):
         except ValueError as exc:
             self.show_error("Can't generate", str(exc))
             return False
-        folder = self.output_dir()
-        need = (params.width * params.height * 3 + (64 << 10)) * params.batch_count  # PNG, at worst uncompressed
-        problem = check_output_folder(folder, need)
-        if problem is not None:
-            self.show_error("Can't save images to the output folder",
-                            f"{problem}\n\nChoose another output folder in Settings (File ▸ Settings…).",
-                            actions=(("Settings…", self.show_settings),))
-            return False
-        device = self._device_key()
-        warning = size_warning(params.width, params.height, params.steps, params.batch_count, device,
-                               self.step_times.estimate(device, params.width, params.height))
-        if warning is not None:
-            self._ask_large_size(params, folder, warning)
-            return False
-        return self._start(params, folder)
+        return self.runs.submit(params, self.output_dir())  # checks the folder, asks about a very large size
 
     def sd_upscale(self, path: str, factor: int, strength: float) -> bool:
         """SD upscale of the saved image ``path`` (issue 15): its parameters go into the panels (as a restore
@@ -390,169 +359,28 @@ class MainWindow(QMainWindow):
             return False
         job = GenerationJob(params=params, output_dir=Path(path).parent, preview=self.settings.preview_enabled,
                             sd_upscale=spec)
-        if not self.host.generate(job):
-            return False
-        self._job, self._last_progress, self._unsaved_in_run = job, None, 0
-        self.run_bar.set_mode("running", f"SD upscale ×{factor}…")
-        return True
-
-    def _device_key(self) -> str:
-        info = self.host.model_info
-        return f"{info['device']} {info['dtype']}" if info else self.settings.device
-
-    def _ask_large_size(self, params: GenerationParams, folder: Path, text: str) -> None:
-        if self.size_box is not None:
-            self.size_box.close()
-        box = QMessageBox(QMessageBox.Icon.Question, "A very large image", text, QMessageBox.StandardButton.Cancel,
-                          self)
-        box.setObjectName("largeSizeBox")
-        go = box.addButton("Generate Anyway", QMessageBox.ButtonRole.AcceptRole)
-        go.setObjectName("generateAnywayButton")
-        go.clicked.connect(lambda: self._start(params, folder))
-        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        box.finished.connect(self._size_box_closed)
-        self.size_box = box
-        box.open()
-
-    def _size_box_closed(self) -> None:
-        self.size_box = None
-
-    def _start(self, params: GenerationParams, folder: Path) -> bool:
-        """Queue the job; start the queue's next one if the worker is free."""
-        if self._closed:
-            return False
-        self.queue.add(params, folder)
-        if not self._run_next():
-            paused = " (the queue is paused: Resume starts it)" if self.queue.paused else ""
-            self._show_status(f"Queued: {self.queue.waiting()} waiting{paused}", 6000)
-        return True
-
-    def _run_next(self) -> bool:
-        """Hand the queue's next job to the worker, if it is free, the model usable and the queue not paused."""
-        if self._closed or self.host.busy or not self.host.model_usable():
-            return False
-        queued = self.queue.next_job()
-        if queued is None:
-            return False
-        job = GenerationJob(params=queued.params, output_dir=queued.output_dir,
-                            preview=self.settings.preview_enabled)
-        if not self.host.generate(job):
-            return False
-        self.queue.start(queued.id)
-        self._job, self._last_progress, self._unsaved_in_run = job, None, 0
-        self.favorites.show_library(False)  # the previews show on the canvas
-        waiting = "Waiting for the model to finish loading…" if self.host.state == "loading" else "Starting…"
-        self.run_bar.set_mode("running", waiting)
-        return True
-
-    def _run_next_later(self) -> None:
-        """After the current signal's handlers are done (they still read ``_job``)."""
-        QTimer.singleShot(0, self._run_next)
-
-    def _drop_running_job(self) -> None:
-        """The running job finished, was cancelled or failed: it leaves the queue."""
-        if not self._closed and self.queue.running_id is not None:
-            self.queue.remove(self.queue.running_id)  # the next one starts from _back_to_idle
+        return self.runs.run_direct(job, f"SD upscale ×{factor}…")
 
     def remove_job(self, job_id: str) -> None:
         """Take a job out of the queue; the running one is cancelled (and leaves when the cancel arrives)."""
-        if job_id == self.queue.running_id and self.host.busy:
-            self.cancel()
-        else:
-            self.queue.remove(job_id)
+        self.runs.remove_job(job_id)
 
     def cancel(self) -> None:
         """Stop the running job (it leaves the queue); the queue goes on with the next unless paused."""
-        if self.host.busy:
-            self.host.cancel()
-            self.run_bar.set_mode("cancelling")
+        self.runs.cancel()
 
-    def _on_progress(self, info: dict) -> None:
-        self._last_progress = info
-        self.queue.set_progress(info["step"] / max(info["total"], 1))
-        self.run_bar.show_progress(info)
-        preview = info.get("preview")
-        if preview is not None:
-            self.canvas.set_preview(preview)
+    @property
+    def step_times(self) -> StepTimes:
+        """Seconds per step by device and size (the large-size warning's estimate), kept by the runs."""
+        return self.runs.step_times
 
-    def _on_image_saved(self, info: dict) -> None:
-        path, image = info["path"], info["image"]
-        self.history_strip.add_path(path)
-        self.history_strip.set_thumbnail(path, image)
-        self.history_strip.blockSignals(True)
-        self.history_strip.select_path(path)
-        self.history_strip.blockSignals(False)
-        self.canvas_panel.show_file(image, path, _caption(path, info.get("params")))  # the job's own parameters
-        self.params_panel.set_last_seed(info["seed"])
+    @property
+    def size_box(self) -> QMessageBox | None:
+        """The open "A very large image" question, if any."""
+        return self.runs.size_box
 
-    def _on_image_unsaved(self, info: dict) -> None:
-        """Saving failed: keep the image in memory, show it, and offer Save As… (once per run: a message)."""
-        key = self.unsaved.add(info)
-        self.canvas_panel.show_unsaved(info["image"], key, "Not saved  ·  " + _caption(info["name"], info.get("params")))
-        self.params_panel.set_last_seed(info["seed"])
-        self._unsaved_in_run += 1
-        if self._unsaved_in_run == 1:
-            self.show_error("Could not save the image",
-                            f"{info['error']}\n\nThe image is kept in memory and shown on the canvas: save it "
-                            "elsewhere with Save As… (File ▸ Save Unsaved Images… saves all of them), or choose "
-                            "another output folder in Settings.",
-                            actions=(("Save As…", lambda: self.unsaved.save_as(key)),))
-
-    def _on_finished(self, saved: list) -> None:
-        self._drop_running_job()
-        self._back_to_idle()
-        job, self._job = self._job, None
-        folder = job.output_dir if job is not None else self.output_dir()
-        self._remember_speed(job)
-        message = f"Saved {len(saved)} image{'s' * (len(saved) != 1)} to {folder}"
-        if self._unsaved_in_run:
-            message += f"; {self._unsaved_in_run} could not be saved (kept in memory: Save As…)"
-        self.statusBar().showMessage(message, 8000)
-        self.generationFinished.emit(list(saved))
-
-    def _remember_speed(self, job: GenerationJob | None) -> None:
-        """Store this run's seconds per step for its size (the large-size warning's estimate)."""
-        info, self._last_progress = self._last_progress, None
-        if job is None or not info or not self.host.model_info:
-            return
-        self.step_times.record(self._device_key(), job.params.width, job.params.height, info["sec_per_step"])
-        self.tasks.spawn(self._save_step_times())
-
-    async def _save_step_times(self) -> None:
-        try:
-            await self.tasks.run(self.step_times.save)
-        except OSError as exc:
-            log.warning("could not save the step times: %s", exc)
-
-    def _on_unsaved_saved(self, key: int, path: str, info: dict) -> None:
-        """Saved after all: on show, it becomes that file (star, restore); in the output folder, history."""
-        if self.canvas_panel.unsaved_key == key:
-            self.canvas_panel.show_file(info["image"], path, _caption(path, info.get("params")))
-        if Path(path).parent == self.output_dir():
-            self.history_strip.add_path(path)
-            self.history_strip.set_thumbnail(path, info["image"])
-        self._show_status(f"Saved {path}")
-
-    def _on_cancelled(self, saved: list) -> None:
-        self._drop_running_job()
-        self._back_to_idle()
-        self._job = None
-        self.canvas.discard_preview()
-        kept = f" ({len(saved)} finished image{'s' * (len(saved) != 1)} kept)" if saved else ""
-        self.statusBar().showMessage("Cancelled" + kept, 6000)
-        self.generationCancelled.emit()
-
-    def _on_failed(self, message: str) -> None:
-        self._drop_running_job()
-        self._back_to_idle()
-        self._job = None
-        self.canvas.discard_preview()
-        if self.queue.waiting():
-            message += "\n\nThe job left the queue; the next one starts."
-        self.show_error("Generation failed", message)
-
-    def _back_to_idle(self) -> None:
-        self._on_model_state(self.host.state, "")
+    def _device_key(self) -> str:
+        return self.runs.device_key()
 
     # ------------------------------------------------------------------ model
     def load_checkpoint(self, path: str | Path, remember: bool = True) -> None:
@@ -576,16 +404,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(message, 4000)
         if state == "ready":
             self.setWindowTitle(f"Inkpunk Studio — {self.host.model_info.get('name', '')}")
-        if self.host.busy:
-            return
-        if self.queue.next_job() is not None:  # jobs from before a restart, or waiting for a model
-            self._run_next_later()
-        if state == "ready":
-            self.run_bar.set_mode("idle", "Ready")
-        elif state == "loading":
-            self.run_bar.set_mode("idle", "Loading model… (Generate starts when it is ready)")
-        else:
-            self.run_bar.set_mode("unavailable", "Choose a checkpoint (File ▸ Open Checkpoint…)")
+        self.runs.show_idle(state)  # a waiting job starts, or the run bar says what the model allows
 
     def _on_model_failed(self, path: str, message: str) -> None:
         name = Path(path).name
@@ -630,7 +449,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Could not open {Path(path).name}", 6000)
             return
         if not self.host.busy or not self.canvas.is_preview():
-            self.canvas_panel.show_file(image, path, _caption(path, meta))
+            self.canvas_panel.show_file(image, path, caption(path, meta))
 
     def restore_current(self) -> None:
         """Ctrl+R: the selected favorite while the Library has the focus, else the image on the canvas."""
@@ -771,6 +590,7 @@ class MainWindow(QMainWindow):
         if self._closed:
             return
         self._closed = True
+        self.runs.close()
         try:
             self.settings.save_window(self.saveGeometry(), self.saveState())
             self.settings.save_last_params(self.current_params().to_dict())

@@ -1,9 +1,12 @@
 """The job queue in the real window: Generate while busy queues a snapshot; order, pause, remove, duplicate,
-and the queue surviving a restart (the interrupted job starts again)."""
+the queue surviving a restart (the interrupted job starts again), and reordering by drag and drop."""
 # ruff: noqa: F811  (pytest fixtures imported from fixtures_app are redefined as test arguments)
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from fixtures_app import (  # noqa: F401  (pytest fixtures, used as arguments)
@@ -16,6 +19,10 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QListWidget, QPushButton
 
 from inkpunk_studio.metadata import read_params
+from inkpunk_studio.queue import JobQueue, JobStore
+from inkpunk_studio.worker import GenerationParams
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _rows(window) -> list[str]:
@@ -174,3 +181,90 @@ def test_a_failed_job_leaves_the_queue_and_the_next_one_runs(qtbot, open_window,
     assert errors[0][0] == "Generation failed" and "broken.safetensors" in errors[0][1]
     assert "The job left the queue; the next one starts." in errors[0][1]
     qtbot.waitUntil(lambda: len(window.queue) == 0, timeout=5000)
+
+
+# The child: the queue's view on the queue's database, reordered by a mouse drag (argv: db path, source row,
+# target row, "above"/"below" it). The drag loop runs nested inside the mouse move that starts it, so the rest
+# of the gesture (moves onto the target, release) is queued on a timer first. Prints the rows' prompts.
+_DRAG_CHILD = """
+import sys
+from PySide6.QtCore import QPoint, Qt, QTimer
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication, QListWidget
+from inkpunk_studio.queue import JobQueue
+from inkpunk_studio.widgets.queue_view import QueueView
+
+app = QApplication([])
+queue = JobQueue(sys.argv[1])
+view = QueueView(queue)
+view.resize(360, 260)
+view.show()
+assert QTest.qWaitForWindowExposed(view)
+qlist = view.findChild(QListWidget, "queueList")
+viewport, window = qlist.viewport(), view.windowHandle()
+source, target = qlist.visualItemRect(qlist.item(int(sys.argv[2]))), qlist.visualItemRect(qlist.item(int(sys.argv[3])))
+start = source.center()
+end = QPoint(target.center().x(), target.top() + 2 if sys.argv[4] == "above" else target.bottom() - 2)
+at = lambda point: viewport.mapTo(view, point)
+drops = []
+qlist.orderChanged.connect(drops.append)
+
+def finish():
+    for step in range(1, 9):
+        QTest.mouseMove(window, at(start + (end - start) * step / 8))
+    QTest.mouseRelease(window, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(end))
+
+QTest.mousePress(window, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(start))
+QTimer.singleShot(50, finish)
+for dy in (4, 8, 12, 16, 20):  # past QApplication.startDragDistance() (10): the drag starts
+    QTest.mouseMove(window, at(start + QPoint(0, dy if end.y() > start.y() else -dy)))
+for _ in range(100):  # the order is emitted once the drop is over
+    QTest.qWait(50)
+    if drops:
+        break
+queue.close()
+print("\\n".join(qlist.item(i).text().split("\\n")[0].split("  ", 1)[1] for i in range(qlist.count())))
+"""
+
+
+def _drag_in_child(db: Path, source: int, target: int, where: str) -> list[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), QT_QPA_PLATFORM="minimal")
+    done = subprocess.run([sys.executable, "-c", _DRAG_CHILD, str(db), str(source), str(target), where],
+                          check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.splitlines()
+
+
+def _stored_prompts(db: Path) -> list[str]:
+    store = JobStore(db)
+    try:
+        jobs, notes = store.load()
+    finally:
+        store.close()
+    assert notes == []
+    return [job.params.prompt for job in jobs]
+
+
+def test_drag_and_drop_in_the_queue_list_reorders_the_stored_queue(tmp_path):
+    """Rows of ``queueList`` dragged with the mouse as a person would; the new order is in the database.
+
+    Not under the offscreen platform the other tests use: its QOffscreenDrag ends every drag at once (no drag
+    loop, the drop never happens), and a hand-made QDropEvent is refused by the list's InternalMove mode (its
+    source() is None: Qt only knows a drag's source while a real drag runs). So the view runs in a child
+    process on Qt's "minimal" platform, whose QSimpleDrag runs the real drag loop on the mouse events
+    (QTest's, sent to the window as a windowing system would); the mouse press, moves and release go through
+    the view's own drag start and drop, and the test reads the stored order back.
+    """
+    db = tmp_path / "queue.sqlite3"
+    queue = JobQueue(db)
+    for n in (1, 2, 3, 4):
+        queue.add(GenerationParams(prompt=f"job {n}", width=64, height=64, steps=1, seed=n), tmp_path / "out")
+    queue.close()
+
+    assert _drag_in_child(db, 0, 3, "below") == ["job 2", "job 3", "job 4", "job 1"]  # the first to the end
+    assert _stored_prompts(db) == ["job 2", "job 3", "job 4", "job 1"]
+    assert _drag_in_child(db, 3, 1, "above") == ["job 2", "job 1", "job 3", "job 4"]  # between two rows
+    assert _stored_prompts(db) == ["job 2", "job 1", "job 3", "job 4"]
+    again = JobQueue(db)  # as the app reads it at the next start
+    assert [job.params.seed for job in again.jobs] == [2, 1, 3, 4]
+    again.close()
