@@ -109,7 +109,8 @@ class RunController(QObject):
         """Queue a validated job to save into ``folder``. False, with a message, when the folder can't take its
         images; False too when its size is very large for this device: the person is asked first
         (``size_box``; "Generate Anyway" queues it)."""
-        need = (params.width * params.height * 3 + (64 << 10)) * params.batch_count  # PNG, at worst uncompressed
+        width, height = params.output_size  # the hires pass's size when it runs
+        need = (width * height * 3 + (64 << 10)) * params.batch_count  # PNG, at worst uncompressed
         problem = check_output_folder(folder, need)
         if problem is not None:
             self.window.show_error("Can't save images to the output folder",
@@ -117,8 +118,8 @@ class RunController(QObject):
                                    actions=(("Settings…", self.window.show_settings),))
             return False
         device = self.device_key()
-        warning = size_warning(params.width, params.height, params.steps, params.batch_count, device,
-                               self.step_times.estimate(device, params.width, params.height))
+        warning = size_warning(width, height, params.output_steps, params.batch_count, device,
+                               self.step_times.estimate(device, width, height))
         if warning is not None:
             self._ask_large_size(params, folder, warning)
             return False

@@ -174,6 +174,18 @@ class GenerationParams:
         """Hires fix on and applicable: A1111 runs it for txt2img only (an init image turns it off)."""
         return self.hires and self.init_image is None
 
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """The saved images' width and height: the hires pass's final size when it runs."""
+        if not self.uses_hires:
+            return self.width, self.height
+        return self._hires_request()["hires"].sizes(self.width, self.height)[1]
+
+    @property
+    def output_steps(self) -> int:
+        """The steps run at output_size: the hires pass's when it runs (0 there means the first pass's)."""
+        return (self.hires_steps or self.steps) if self.uses_hires else self.steps
+
     def _masked_content_request(self) -> dict[str, Any]:
         return editing.masked_content_request(self.masked_content) if self.mask is not None else {}
 

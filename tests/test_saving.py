@@ -238,6 +238,28 @@ def test_large_size_asks_first_with_the_expected_time(qtbot, open_window, tiny_c
     assert pngs(window.output_dir()) and len(pngs(window.output_dir())) == 1  # only the first, small run
 
 
+def test_large_size_after_the_hires_pass_asks_first(qtbot, open_window, tiny_checkpoint):
+    """The question (and the folder's space check) go by the saved size: a 512x512 first pass with a 2x hires
+    fix makes 1024x1024 images, whose second pass runs its own steps at that size."""
+    window = open_window(checkpoint=tiny_checkpoint)
+    set_small_params(window, steps=3, width=512, height=512)
+    device = window._device_key()
+    window.step_times.record(device, 64, 64, 0.5)
+    params = window.current_params()
+    params.hires, params.hires_scale, params.hires_steps = True, 2.0, 2
+    assert params.output_size == (1024, 1024) and params.output_steps == 2
+    window.set_params(params)
+    assert not window.generate()
+    box = window.size_box
+    assert isinstance(box, QMessageBox) and "1024×1024" in box.text() and "for 2 steps" in box.text()
+    box.button(QMessageBox.StandardButton.Cancel).click()
+    qtbot.waitUntil(lambda: window.size_box is None, timeout=5000)
+    params.hires_width, params.hires_height = 512, 256  # Hires resize takes over from the scale
+    assert params.output_size == (512, 256)
+    params.hires = False
+    assert params.output_size == (512, 512) and params.output_steps == 3
+
+
 def test_cli_says_a_folder_is_a_folder(tmp_path, capsys):
     from inkpunk_studio.cli import main
 
