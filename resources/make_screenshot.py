@@ -22,13 +22,16 @@ SIZE = (1400, 900)
 
 
 def _wait(condition, timeout: float = 600.0) -> None:
-    from PySide6.QtTest import QTest
+    """Process events until `condition()`. Sleeps in Python between rounds: with PySide6 6.11,
+    QTest.qWait(50) holds the GIL while it waits, which starved the model-loading thread for minutes."""
+    from PySide6.QtWidgets import QApplication
 
     end = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > end:
             raise TimeoutError("the app did not get there in time")
-        QTest.qWait(50)
+        QApplication.processEvents()
+        time.sleep(0.02)
 
 
 def _init_picture(path: Path) -> None:

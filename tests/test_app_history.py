@@ -54,3 +54,27 @@ def test_history_survives_a_restart_and_restores_parameters(qtbot, open_window, 
     values = again.params_panel.values()
     assert (values["sampler"], values["width"], values["height"]) == ("euler_a", 512, 512)
     assert "width 520 -> 512" in again.statusBar().currentMessage()
+
+
+def test_a_selected_thumbnail_shows_its_picture_untinted(qtbot):
+    """Qt tints a selected item's icon with the highlight colour unless the icon has a Selected pixmap: the
+    chosen thumbnail looked unlike its image (the pink frame already marks the selection)."""
+    from PySide6.QtGui import QIcon, QImage
+
+    from inkpunk_studio.widgets.history_strip import HistoryStrip
+
+    strip = HistoryStrip()
+    qtbot.addWidget(strip)
+    strip.show()
+    image = QImage(64, 64, QImage.Format.Format_RGB32)
+    image.fill(0x00FFFF)  # cyan, as the tinted thumbnails in the README screenshot were not
+    strip.add_path("/tmp/a.png")
+    strip.set_thumbnail("/tmp/a.png", image)
+    strip.setCurrentRow(0)
+    icon = strip.item(0).icon()
+    size = strip.iconSize()
+    normal = icon.pixmap(size, QIcon.Mode.Normal).toImage()
+    selected = icon.pixmap(size, QIcon.Mode.Selected).toImage()
+    assert selected == normal and selected.pixelColor(10, 10).name() == "#00ffff"
+    plain = QIcon(icon.pixmap(size, QIcon.Mode.Normal))  # what it was: Qt's generated selected pixmap differs
+    assert plain.pixmap(size, QIcon.Mode.Selected).toImage() != normal

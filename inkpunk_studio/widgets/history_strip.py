@@ -8,6 +8,8 @@ from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QImage, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListView, QListWidget, QListWidgetItem, QWidget
 
+from .theme import picture_icon
+
 PATH_ROLE = Qt.ItemDataRole.UserRole
 
 
@@ -61,7 +63,7 @@ class HistoryStrip(QListWidget):
         if item is not None and not image.isNull():
             pixmap = QPixmap.fromImage(image).scaled(self.iconSize(), Qt.AspectRatioMode.KeepAspectRatio,
                                                      Qt.TransformationMode.SmoothTransformation)
-            item.setIcon(QIcon(pixmap))
+            item.setIcon(picture_icon(pixmap))
 
     def clear_all(self) -> None:
         self.clear()

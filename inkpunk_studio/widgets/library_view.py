@@ -45,6 +45,7 @@ from PySide6.QtWidgets import (
 from ..imageload import ImageLoadError
 from ..library import Favorite, Library
 from ..metadata import ImageParams, export_image
+from .theme import picture_icon
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class LibraryView(QWidget):
                                                  Qt.TransformationMode.SmoothTransformation)
         if fav.missing:  # keep the thumbnail but show that the file is gone
             pixmap = QIcon(pixmap).pixmap(pixmap.size(), QIcon.Mode.Disabled)
-        item.setIcon(QIcon(pixmap))
+        item.setIcon(picture_icon(pixmap))
 
     def wait_for_thumbnails(self, msecs: int = 5000) -> bool:
         """Block until pending thumbnail loads are done (for tests and shutdown)."""

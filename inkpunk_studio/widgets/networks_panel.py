@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QIcon, QImage, QPixmap
+from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..networks import ModelFolders, NetworkFile
+from .theme import picture_icon
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class NetworksPanel(QWidget):
                 item.setData(Qt.ItemDataRole.UserRole, tag_for(file))
                 item.setToolTip(str(file.path))
                 if preview is not None:
-                    item.setIcon(QIcon(QPixmap.fromImage(preview)))
+                    item.setIcon(picture_icon(QPixmap.fromImage(preview)))
                 widget.addItem(item)
         if not found.get("lora") and not found.get("embedding"):
             self.empty_label.setText("No LoRAs or embeddings yet: put them in models/Lora and models/embeddings "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from PySide6.QtCore import QPointF, Qt
-from PySide6.QtGui import QColor, QPainter, QPalette, QPen
+from PySide6.QtGui import QColor, QIcon, QPainter, QPalette, QPen, QPixmap
 from PySide6.QtWidgets import QApplication, QProxyStyle, QStyle, QStyleOption, QWidget
 
 from .. import paths
@@ -81,3 +81,12 @@ def apply_theme(app: QApplication) -> None:
         app.setStyleSheet(qss.read_text(encoding="utf-8"))
     except OSError as exc:
         log.warning("no style sheet (%s); using the plain dark palette", exc)
+
+
+def picture_icon(pixmap: QPixmap) -> QIcon:
+    """An icon that shows a picture as it is, also when its item is selected: Qt otherwise draws a selected
+    icon tinted with the highlight colour, so the chosen thumbnail looked unlike its image (the selection
+    is already shown by the item's frame)."""
+    icon = QIcon(pixmap)
+    icon.addPixmap(pixmap, QIcon.Mode.Selected)
+    return icon
