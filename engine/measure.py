@@ -460,32 +460,14 @@ def fast_summary(results: dict[str, dict[str, Any]], device: torch.device) -> di
     return out
 
 
-def lcm_lora_like(models: Any, rank: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random LoRA of LCM-LoRA's layout and size (lcm-lora-sdv1-5 pytorch_lora_weights.safetensors: kohya
-    keys in diffusers spelling, fp16, rank 64, alpha 64, every UNet Linear/Conv2d but conv_in, conv_out and the
-    time embedding; ~135 MB). Its values do not matter for speed or memory."""
-    from engine.lora import _layers, diffusers_unet_name
-
-    g = torch.Generator().manual_seed(seed)
-    out: dict[str, torch.Tensor] = {}
-    for name, m in _layers(models)["unet"].items():
-        if name.startswith(("input_blocks.0.", "out.", "time_embed.")):
-            continue
-        shape = tuple(m.weight.shape)
-        key = "lora_unet_" + diffusers_unet_name(name, models.unet.config).replace(".", "_")
-        down = (rank, *shape[1:]) if len(shape) == 4 else (rank, shape[1])
-        up = (shape[0], rank, 1, 1) if len(shape) == 4 else (shape[0], rank)
-        out[f"{key}.lora_down.weight"] = (torch.randn(down, generator=g) * 0.01).half()
-        out[f"{key}.lora_up.weight"] = (torch.randn(up, generator=g) * 0.01).half()
-        out[f"{key}.alpha"] = torch.tensor(float(rank), dtype=torch.float16)
-    return out
-
-
 def fast_memory(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """In a fresh process, fast mode as the app runs it (dtype auto): the models, a TAESD, an LCM-LoRA-size
     LoRA merged at 1.0 (Pipeline.set_loras, which keeps the touched weights' originals for an exact restore),
-    then a 4-step `lcm` generation at guidance 1 with the tiny decode. Peak RSS after loading, over both."""
+    then a 4-step `lcm` generation at guidance 1 with the tiny decode. Peak RSS after loading, over both.
+    The LoRA is engine.testing.few_step_lora at rank 64 in fp16: LCM-LoRA's layout and size (134.6 MB)."""
     from safetensors.torch import save_file
+
+    from engine.testing import few_step_lora
 
     dtype, vae_dtype = resolve_dtype(opts.precision, device)
     models = our_models(random_state(opts.size), device, dtype, vae_dtype)
@@ -494,7 +476,7 @@ def fast_memory(opts: argparse.Namespace, device: torch.device) -> dict[str, Any
     out: dict[str, Any] = {"precision": SHORT[dtype]}
     with tempfile.TemporaryDirectory(prefix="inkpunk-bench-") as tmp:
         path = Path(tmp) / "lcm-lora-like.safetensors"
-        save_file(lcm_lora_like(models), str(path))
+        save_file(few_step_lora(models.unet, rank=64, dtype=torch.float16, up_scale=0.1), str(path))
         out["lora_bytes"] = path.stat().st_size
         gc.collect()
         release_freed_memory()  # the drawn random weights' freed memory would hide what fast mode adds

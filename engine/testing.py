@@ -156,3 +156,55 @@ def write_random_taesd(path: str | Path, *, layout: str = "diffusers", part: str
     else:
         raise ValueError(f"unsupported TAESD suffix {path.suffix!r} (use .safetensors or .pth)")
     return path
+
+
+FEW_STEP_STYLES = ("kohya_diffusers", "peft", "diffusers_legacy")
+
+
+def few_step_lora(
+    unet: UNet,
+    *,
+    rank: int = 4,
+    alpha: float | None = None,
+    dtype: torch.dtype = torch.float32,
+    style: str = "kohya_diffusers",
+    up_scale: float = 1.0,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """A random LoRA on the layers the few-step LoRAs train (LCM-LoRA, TCD-LoRA, Hyper-SD: every UNet
+    Linear/Conv2d but conv_in, conv_out and the time embedding; 278 layers on SD 1.5, 134.6 MB at rank 64 in
+    fp16 as lcm-lora-sdv1-5), in one of their key spellings:
+
+    - "kohya_diffusers" (lcm-lora-sdv1-5's): `lora_unet_<diffusers name, _ for .>.lora_down/up.weight` and
+      `.alpha` (a 0-d tensor in `dtype`; `alpha` None: the rank);
+    - "peft": `unet.<diffusers name>.lora_A/B.weight`; "diffusers_legacy": `unet.<name>.lora.down/up.weight`.
+
+    3x3 convs get a (r, in, 3, 3) down and an (out, r, 1, 1) up, as PEFT makes them. down ~ N(0, 1/fan_in),
+    up ~ N(0, up_scale^2 / rank).
+    """
+    from engine.lora import diffusers_unet_name  # not at import: engine.lora imports the loader
+
+    if style not in FEW_STEP_STYLES:
+        raise ValueError(f"style must be one of {', '.join(FEW_STEP_STYLES)}, got {style!r}")
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for name, m in unet.named_modules():
+        if not isinstance(m, (nn.Linear, nn.Conv2d)):
+            continue
+        spelled = diffusers_unet_name(name, unet.config)
+        if spelled is None or spelled.startswith(("conv_in", "conv_out", "time_embedding")):
+            continue
+        shape = tuple(m.weight.shape)
+        down = torch.randn((rank, *shape[1:]) if len(shape) == 4 else (rank, shape[1]), generator=g)
+        up = torch.randn((shape[0], rank, 1, 1) if len(shape) == 4 else (shape[0], rank), generator=g)
+        down = (down / math.sqrt(math.prod(shape[1:]))).to(dtype)
+        up = (up * up_scale / math.sqrt(rank)).to(dtype)
+        if style == "kohya_diffusers":
+            key = "lora_unet_" + spelled.replace(".", "_")
+            out[f"{key}.lora_down.weight"], out[f"{key}.lora_up.weight"] = down, up
+            out[f"{key}.alpha"] = torch.tensor(float(rank if alpha is None else alpha), dtype=dtype)
+        elif style == "peft":
+            out[f"unet.{spelled}.lora_A.weight"], out[f"unet.{spelled}.lora_B.weight"] = down, up
+        else:  # diffusers' convert_state_dict_to_diffusers spelling
+            out[f"unet.{spelled}.lora.down.weight"], out[f"unet.{spelled}.lora.up.weight"] = down, up
+    return out

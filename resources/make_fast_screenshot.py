@@ -10,7 +10,6 @@ source tree.
 
 from __future__ import annotations
 
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -23,30 +22,16 @@ from make_screenshot import SIZE, _wait  # after the path set-up
 
 
 def _lcm_layout_lora(checkpoint: Path, out: Path) -> None:
-    """Random rank-4 factors for every UNet Linear/Conv2d, kohya keys in diffusers spelling (LCM-LoRA's)."""
+    """Random rank-4 factors in LCM-LoRA's layout (engine.testing.few_step_lora) for the checkpoint's UNet."""
     import torch
     from safetensors.torch import save_file
-    from torch import nn
 
     from engine.checkpoint import load_models
-    from engine.lora import diffusers_unet_name
+    from engine.testing import few_step_lora
 
     models = load_models(checkpoint, device="cpu", dtype=torch.float32)
-    g = torch.Generator().manual_seed(0)
-    state = {}
-    for name, m in models.unet.named_modules():
-        spelled = diffusers_unet_name(name, models.unet_config) if isinstance(m, (nn.Linear, nn.Conv2d)) else None
-        if spelled is None or spelled.startswith(("conv_in", "conv_out", "time_embedding")):
-            continue
-        shape = tuple(m.weight.shape)
-        key = "lora_unet_" + spelled.replace(".", "_")
-        down = (4, *shape[1:]) if len(shape) == 4 else (4, shape[1])
-        up = (shape[0], 4, 1, 1) if len(shape) == 4 else (shape[0], 4)
-        state[f"{key}.lora_down.weight"] = torch.randn(down, generator=g) / math.sqrt(math.prod(shape[1:]))
-        state[f"{key}.lora_up.weight"] = torch.randn(up, generator=g) * 0.1
-        state[f"{key}.alpha"] = torch.tensor(4.0)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out))
+    save_file(few_step_lora(models.unet, rank=4, up_scale=0.2), str(out))
 
 
 def main(out: Path) -> int:

@@ -8,10 +8,9 @@ import pytest
 import torch
 from fixtures_app import RUN_TIMEOUT_MS, open_window, pngs, set_small_params, tiny_checkpoint  # noqa: F401
 from safetensors.torch import save_file
-from test_lora import random_lora
 
 from engine.checkpoint import load_models
-from engine.testing import write_random_taesd
+from engine.testing import few_step_lora, write_random_taesd
 from inkpunk_studio import paths
 from inkpunk_studio.metadata import read_params
 
@@ -19,11 +18,8 @@ from inkpunk_studio.metadata import read_params
 def lcm_layout_lora(checkpoint, path) -> None:
     """A random LoRA with lcm-lora-sdv1-5's keys: kohya names in diffusers spelling with `.alpha`, UNet only."""
     models = load_models(checkpoint, device="cpu", dtype=torch.float32)
-    state = {k: v for k, v in random_lora(models, "kohya_diffusers", seed=7, rank=4).items()
-             if k.startswith("lora_unet_") and "conv_in" not in k and "conv_out" not in k
-             and "time_embedding" not in k}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path))
+    save_file(few_step_lora(models.unet, rank=4, alpha=2.0, up_scale=0.2, seed=7), str(path))
 
 
 @pytest.fixture

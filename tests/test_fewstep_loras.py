@@ -33,6 +33,7 @@ from test_lora import TOL, ckpt, layers, ours, outputs, reference_pipe  # noqa: 
 from test_models_parity import rel_err
 
 from engine.lora import apply_loras, diffusers_unet_name, read_lora
+from engine.testing import few_step_lora
 
 # diffusers train_lcm_distill_lora_sd_wds.py `lora_target_modules` (the UNet's LoRA layers of all these files)
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
@@ -65,26 +66,8 @@ def target_layers(models) -> dict[str, str]:
 
 
 def fewstep_lora(models, style: str, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random LoRA on the few-step LoRAs' layers: 3x3 convs get a (r, in, 3, 3) down and (out, r, 1, 1) up as
-    PEFT makes them; kohya files carry alpha (a 0-d tensor in the file's dtype), PEFT/diffusers ones none."""
-    g = torch.Generator().manual_seed(seed)
-    modules = dict(models.unet.named_modules())
-    out: dict[str, torch.Tensor] = {}
-    for name, spelled in target_layers(models).items():
-        shape = tuple(modules[name].weight.shape)
-        fan_in = math.prod(shape[1:])
-        down = torch.randn((RANK, *shape[1:]) if len(shape) == 4 else (RANK, shape[1]), generator=g)
-        up = torch.randn((shape[0], RANK, 1, 1) if len(shape) == 4 else (shape[0], RANK), generator=g)
-        down, up = (down / math.sqrt(fan_in)).to(dtype), (up * 2.0 / math.sqrt(RANK)).to(dtype)
-        if style == "kohya_diffusers":
-            key = "lora_unet_" + spelled.replace(".", "_")
-            out[f"{key}.lora_down.weight"], out[f"{key}.lora_up.weight"] = down, up
-            out[f"{key}.alpha"] = torch.tensor(ALPHA, dtype=dtype)
-        elif style == "peft":
-            out[f"unet.{spelled}.lora_A.weight"], out[f"unet.{spelled}.lora_B.weight"] = down, up
-        else:  # diffusers' convert_state_dict_to_diffusers spelling
-            out[f"unet.{spelled}.lora.down.weight"], out[f"unet.{spelled}.lora.up.weight"] = down, up
-    return out
+    """engine.testing.few_step_lora with the released files' alpha / rank; its layer set must be TARGETS'."""
+    return few_step_lora(models.unet, rank=RANK, alpha=ALPHA, dtype=dtype, style=style, up_scale=2.0, seed=seed)
 
 
 def test_the_module_set_is_the_released_files_size(ours):
