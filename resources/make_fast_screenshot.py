@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "resources"))
 
-from make_screenshot import SIZE, _wait  # after the path set-up
+from make_screenshot import _pause, _wait, open_window  # after the path set-up
 
 
 def _lcm_layout_lora(checkpoint: Path, out: Path) -> None:
@@ -34,35 +34,25 @@ def _lcm_layout_lora(checkpoint: Path, out: Path) -> None:
     save_file(few_step_lora(models.unet, rank=4, up_scale=0.2), str(out))
 
 
-def main(out: Path) -> int:
-    from PySide6.QtTest import QTest
-    from PySide6.QtWidgets import QApplication
-
-    from engine.testing import write_random_checkpoint, write_random_taesd
+def _fast_mode_files(checkpoint: Path, data: Path) -> None:
+    """The LoRA and TAESD fast mode finds in the data folder, so it turns on without a download."""
+    from engine.testing import write_random_taesd
     from inkpunk_studio import paths
-    from inkpunk_studio.app import make_window
-    from inkpunk_studio.settings import AppSettings
-    from inkpunk_studio.widgets.prompt_panel import load_presets
-    from inkpunk_studio.widgets.theme import apply_theme
 
-    app = QApplication.instance() or QApplication([sys.argv[0]])
-    QApplication.setApplicationDisplayName("Inkpunk Studio")
-    apply_theme(app)
+    models = paths.models_dir(data)
+    _lcm_layout_lora(checkpoint, models / "Lora" / "lcm-lora-sdv1-5.safetensors")
+    (models / "VAE-approx" / "taesd").mkdir(parents=True)
+    write_random_taesd(models / "VAE-approx" / "taesd" / "diffusion_pytorch_model.safetensors")
+
+
+def main(out: Path) -> int:
+    from PySide6.QtWidgets import QScrollArea
+
+    from inkpunk_studio import paths
+    from inkpunk_studio.widgets.prompt_panel import load_presets
+
     with tempfile.TemporaryDirectory(prefix="inkpunk-shot-") as tmp:
-        tmp_dir = Path(tmp)
-        checkpoint = write_random_checkpoint(tmp_dir / "Inkpunk-Diffusion-v2.safetensors")
-        data = tmp_dir / "data"
-        models = paths.models_dir(data)
-        _lcm_layout_lora(checkpoint, models / "Lora" / "lcm-lora-sdv1-5.safetensors")
-        (models / "VAE-approx" / "taesd").mkdir(parents=True)
-        write_random_taesd(models / "VAE-approx" / "taesd" / "diffusion_pytorch_model.safetensors")
-        settings = AppSettings.for_data_dir(data)
-        settings.precision = "fp32"
-        settings.sync()
-        window = make_window(checkpoint=checkpoint, data_dir=data)
-        window.resize(*SIZE)
-        window.show()
-        _wait(lambda: window.host.state == "ready")
+        window = open_window(Path(tmp), prepare=_fast_mode_files)
 
         presets = load_presets(paths.resource_path("presets.json"))
         window.prompt_panel.apply_preset(presets[2])
@@ -73,12 +63,10 @@ def main(out: Path) -> int:
         window.generationFinished.connect(done.append)
         window.generate()
         _wait(lambda: done)
-        QTest.qWait(800)  # thumbnails and token counts arrive
+        _pause(800)  # thumbnails and token counts arrive
         window.statusBar().showMessage("Fast mode: LCM-LoRA at 1.0, LCM 4 steps, CFG 1 and the tiny decoder")
-        from PySide6.QtWidgets import QScrollArea
-
         window.findChild(QScrollArea, "sidebarScroll").ensureWidgetVisible(window.run_bar)  # the Fast switch
-        QTest.qWait(200)
+        _pause(200)
         out.parent.mkdir(parents=True, exist_ok=True)
         window.grab().save(str(out), "PNG")
         window.close()

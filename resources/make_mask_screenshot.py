@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "resources"))
 
-from make_screenshot import _init_picture, open_window  # after the path setup
+from make_screenshot import _init_picture, _pause, open_window  # after the path setup
 
 
 def main(out: Path) -> int:
@@ -38,7 +38,7 @@ def main(out: Path) -> int:
         editor = window.mask_editor
         editor.set_mask_mode(True)
         editor.size_spin.setValue(56)
-        QTest.qWait(300)
+        _pause(300)
         canvas = window.canvas
         rect = canvas.image_rect()
 
@@ -52,7 +52,7 @@ def main(out: Path) -> int:
                 QTest.mouseMove(canvas, at(*point))
             QTest.mouseRelease(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(*path[-1]))
         QTest.mouseMove(canvas, at(400, 330))
-        QTest.qWait(500)
+        _pause(500)
         out.parent.mkdir(parents=True, exist_ok=True)
         window.grab().save(str(out), "PNG")
         window.close()

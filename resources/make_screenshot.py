@@ -34,6 +34,12 @@ def _wait(condition, timeout: float = 600.0) -> None:
         time.sleep(0.02)
 
 
+def _pause(msecs: int) -> None:
+    """Let the app run for `msecs` (thumbnails, token counts arrive from other threads); as _wait, not qWait."""
+    end = time.monotonic() + msecs / 1000
+    _wait(lambda: time.monotonic() >= end)
+
+
 def _init_picture(path: Path) -> None:
     """A small ink-and-neon sketch with A1111 parameters, to show the init image panel and its offer."""
     from PIL import Image, ImageDraw, ImageFilter
@@ -51,8 +57,9 @@ def _init_picture(path: Path) -> None:
                                     sampler="euler_a", cfg_scale=7.0, seed=2024, width=512, height=512))
 
 
-def open_window(tmp_dir: Path):
-    """The real window, themed, on a data folder in ``tmp_dir`` with a tiny random-weight checkpoint loaded."""
+def open_window(tmp_dir: Path, prepare=None):
+    """The real window, themed, on a data folder in ``tmp_dir`` with a tiny random-weight checkpoint loaded.
+    ``prepare(checkpoint, data_dir)``, when given, runs before the window is made (files it should find)."""
     from PySide6.QtWidgets import QApplication
 
     from engine.testing import write_random_checkpoint
@@ -65,6 +72,8 @@ def open_window(tmp_dir: Path):
     apply_theme(app)
     checkpoint = write_random_checkpoint(tmp_dir / "Inkpunk-Diffusion-v2.safetensors")
     data = tmp_dir / "data"
+    if prepare is not None:
+        prepare(checkpoint, data)
     settings = AppSettings.for_data_dir(data)
     settings.precision = "fp32"
     settings.sync()
@@ -76,7 +85,6 @@ def open_window(tmp_dir: Path):
 
 
 def main(out: Path, library_out: Path | None = None) -> int:
-    from PySide6.QtTest import QTest
 
     from inkpunk_studio import paths
     from inkpunk_studio.widgets.prompt_panel import load_presets
@@ -105,13 +113,13 @@ def main(out: Path, library_out: Path | None = None) -> int:
         window.init_panel.load(tmp_dir / "neon-rings.png")
         _wait(window.init_panel.has_image)
         window.favorites.view.wait_for_thumbnails()
-        QTest.qWait(800)  # thumbnails and token counts arrive
+        _pause(800)  # thumbnails and token counts arrive
         pixmap = window.grab()
         out.parent.mkdir(parents=True, exist_ok=True)
         pixmap.save(str(out), "PNG")
         if library_out is not None:
             window.favorites.show_library(True)
-            QTest.qWait(500)
+            _pause(500)
             window.grab().save(str(library_out), "PNG")
         window.close()
     print(f"saved {out} ({out.stat().st_size / 1024:.0f} KB)")
